@@ -1,0 +1,3 @@
+"""WebSocket routes (live logs and run status arrive with the logs issue)."""
+
+websocket_urlpatterns: list = []

@@ -1,0 +1,42 @@
+"""Runners: the workers that claim jobs from the queue and execute them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+from django.utils import timezone
+
+# A runner that has not been heard from for this long is shown offline.
+ONLINE_WINDOW = timedelta(minutes=2)
+
+
+class Executor(models.TextChoices):
+    SHELL = "shell", "Shell"
+    KUBERNETES = "kubernetes", "Kubernetes"
+
+
+class Runner(models.Model):
+    id = models.UUIDField("runner_id", primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200)
+    # sha256 of the runner's token; the token itself is shown once and never stored.
+    token_hash = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    tags = ArrayField(models.CharField(max_length=100), default=list, blank=True, help_text="Capabilities.")
+    concurrency = models.PositiveSmallIntegerField(default=1)
+    executor = models.CharField(max_length=16, choices=Executor.choices, default=Executor.SHELL)
+    version = models.CharField(max_length=64, blank=True)
+    is_paused = models.BooleanField(default=False)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_online(self) -> bool:
+        return self.last_seen_at is not None and timezone.now() - self.last_seen_at < ONLINE_WINDOW
