@@ -20,3 +20,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     # xdist workers share the controller's servers and must not stop them.
     if _started and not hasattr(config, "workerinput"):
         embedded.down(postgres="postgres" in _started, redis="redis" in _started)
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    # Lets two test sessions share one server without sharing a test database.
+    import os
+
+    from django.conf import settings
+
+    suffix = os.environ.get("CONVEYOR_TEST_DB_SUFFIX")
+    if suffix:
+        test = settings.DATABASES["default"].setdefault("TEST", {})
+        test["NAME"] = f"{test.get('NAME') or 'test_' + settings.DATABASES['default']['NAME']}_{suffix}"
