@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.utils import timezone
@@ -28,6 +29,11 @@ class Runner(models.Model):
     executor = models.CharField(max_length=16, choices=Executor.choices, default=Executor.SHELL)
     version = models.CharField(max_length=64, blank=True)
     is_paused = models.BooleanField(default=False)
+    # Set when an admin revokes the runner: its token stops working at once.
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    registration_token = models.ForeignKey(
+        "RegistrationToken", null=True, blank=True, on_delete=models.SET_NULL, related_name="runners"
+    )
     last_seen_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -40,3 +46,30 @@ class Runner(models.Model):
     @property
     def is_online(self) -> bool:
         return self.last_seen_at is not None and timezone.now() - self.last_seen_at < ONLINE_WINDOW
+
+
+class RegistrationToken(models.Model):
+    """Created by an admin; a new runner exchanges it for its own runner token.
+
+    Only the sha256 of the token is stored; the token is shown once when created.
+    """
+
+    description = models.CharField(max_length=200, blank=True)
+    token_hash = models.CharField(max_length=64, unique=True)
+    # Tags every runner registered with this token gets, besides those it declares.
+    tags = ArrayField(models.CharField(max_length=100), default=list, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    uses = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return self.description or f"registration token #{self.pk}"
+
+    @property
+    def is_usable(self) -> bool:
+        now = timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)

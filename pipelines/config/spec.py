@@ -41,6 +41,10 @@ class ConfigError(Exception):
         self.problems = problems
         super().__init__("; ".join(str(p) for p in problems))
 
+    @classmethod
+    def single(cls, message: str, *, job: str | None = None, key: str | None = None) -> ConfigError:
+        return cls([ConfigProblem(message, job=job, key=key)])
+
 
 @dataclass(frozen=True)
 class Need:

@@ -1,0 +1,155 @@
+"""Reading repositories: a bare mirror per repository, refreshed on demand.
+
+Everything goes through `git` subprocesses with a fixed, minimal environment:
+no prompts, and only safe transports (the `ext::` transport would run arbitrary
+commands from a clone URL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+
+# Transports a clone URL may use. Local paths count as "file".
+ALLOWED_PROTOCOLS = "file:git:http:https:ssh"
+GIT_TIMEOUT_S = 300
+_SHA_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+
+
+class GitError(Exception):
+    """A git operation failed; the message is fit to show to a user."""
+
+
+@dataclass(frozen=True)
+class Commit:
+    sha: str
+    message: str
+    author: str
+
+
+def git_env() -> dict[str, str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/tmp"),  # noqa: S108 (git needs a HOME; it writes nothing there)
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ALLOW_PROTOCOL": ALLOWED_PROTOCOLS,
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "LC_ALL": "C",
+    }
+    # SSH keys for private forges come from the server's own environment, never from a job.
+    if "GIT_SSH_COMMAND" in os.environ:
+        env["GIT_SSH_COMMAND"] = os.environ["GIT_SSH_COMMAND"]
+    return env
+
+
+def run_git(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    try:
+        result = subprocess.run(
+            ["git", *args], cwd=cwd, env=git_env(), capture_output=True, timeout=GIT_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise GitError(f"git {args[0]} timed out after {GIT_TIMEOUT_S}s") from None
+    if check and result.returncode != 0:
+        stderr = result.stderr.decode(errors="replace").strip().splitlines()
+        detail = stderr[-1] if stderr else f"exit code {result.returncode}"
+        raise GitError(f"git {args[0]} failed: {detail}")
+    return result
+
+
+def mirror_path(repository_id: int) -> Path:
+    return Path(settings.CONVEYOR_MIRRORS_DIR) / f"{repository_id}.git"
+
+
+@contextlib.contextmanager
+def _mirror_lock(path: Path) -> Iterator[None]:
+    # Two webhooks for one repository must not fetch into the same mirror at once.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def validate_ref(ref: str) -> str:
+    """Reject refs git would misread (options, `..`, control characters): refs come from users and forges."""
+    if not ref or ref.startswith("-") or len(ref) > 255:
+        raise GitError(f"invalid ref {ref!r}")
+    result = run_git("check-ref-format", "--allow-onelevel", f"refs/heads/{ref}", check=False)
+    if result.returncode != 0:
+        raise GitError(f"invalid ref {ref!r}")
+    return ref
+
+
+def mirror_fetch(*, repository_id: int, clone_url: str) -> Path:
+    """Create or refresh the bare mirror of a repository; returns its path."""
+    if clone_url.startswith("-"):
+        raise GitError(f"invalid clone URL {clone_url!r}")
+    path = mirror_path(repository_id)
+    with _mirror_lock(path):
+        if not (path / "HEAD").exists():
+            run_git("init", "--quiet", "--bare", str(path))
+        run_git("-C", str(path), "config", "remote.origin.url", clone_url)
+        run_git(
+            "-C",
+            str(path),
+            "fetch",
+            "--quiet",
+            "--prune",
+            "--force",
+            "--no-tags",
+            "origin",
+            "+refs/heads/*:refs/heads/*",
+            "+refs/tags/*:refs/tags/*",
+        )
+    return path
+
+
+def resolve_ref(*, mirror: Path, ref: str, is_tag: bool | None = None) -> tuple[str, bool]:
+    """Branch or tag name -> (commit sha, is_tag). A full sha is accepted as is."""
+    if _SHA_RE.match(ref):
+        return run_git("-C", str(mirror), "rev-parse", "--verify", f"{ref}^{{commit}}").stdout.decode().strip(), False
+    validate_ref(ref)
+    candidates = []
+    if is_tag in (None, False):
+        candidates.append((f"refs/heads/{ref}", False))
+    if is_tag in (None, True):
+        candidates.append((f"refs/tags/{ref}", True))
+    for full, tag in candidates:
+        result = run_git("-C", str(mirror), "rev-parse", "--verify", "--quiet", f"{full}^{{commit}}", check=False)
+        if result.returncode == 0:
+            return result.stdout.decode().strip(), tag
+    raise GitError(f"no branch or tag named {ref!r} in the repository")
+
+
+def commit_info(*, mirror: Path, sha: str) -> Commit:
+    output = run_git("-C", str(mirror), "log", "-1", "--format=%H%x00%an <%ae>%x00%B", sha, "--").stdout
+    full_sha, author, message = output.decode(errors="replace").split("\0", 2)
+    return Commit(sha=full_sha.strip(), author=author, message=message.strip())
+
+
+def read_file(*, mirror: Path, sha: str, path: str, max_bytes: int) -> str | None:
+    """The text of `path` at commit `sha`, or None if there is no such file. Refuses huge files."""
+    path = path.lstrip("/")
+    if not path or ".." in Path(path).parts:
+        raise GitError(f"invalid path {path!r}")
+    spec = f"{sha}:{path}"
+    kind = run_git("-C", str(mirror), "cat-file", "-t", spec, check=False)
+    if kind.returncode != 0:
+        return None
+    if kind.stdout.decode().strip() != "blob":
+        raise GitError(f"{path} is not a file")
+    size = int(run_git("-C", str(mirror), "cat-file", "-s", spec).stdout.decode().strip())
+    if size > max_bytes:
+        raise GitError(f"{path} is {size} bytes; the limit is {max_bytes}")
+    data = run_git("-C", str(mirror), "cat-file", "blob", spec).stdout
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise GitError(f"{path} is not valid UTF-8") from None

@@ -1,0 +1,92 @@
+"""Backends of the runner loop. `OrmBackend`: trusted nodes, straight to the services."""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+from runners import services
+from runners.executors.base import JobResult
+from runners.models import Runner
+from runners.services import ClaimedJob, ClaimedStep, JobNotHeld
+
+logger = logging.getLogger(__name__)
+
+# runs.services sends this NOTIFY (at commit) whenever jobs become QUEUED.
+QUEUE_CHANNEL = "conveyor_jobs"
+
+
+def listen_connection() -> psycopg.Connection:
+    db = settings.DATABASES["default"]
+    params = {
+        "dbname": db["NAME"],
+        "user": db.get("USER") or None,
+        "password": db.get("PASSWORD") or None,
+        "host": db.get("HOST") or None,
+        "port": db.get("PORT") or None,
+        **db.get("OPTIONS", {}),
+    }
+    conn = psycopg.connect(autocommit=True, **{k: v for k, v in params.items() if v is not None})
+    conn.execute(f"LISTEN {QUEUE_CHANNEL}")
+    return conn
+
+
+class OrmBackend:
+    def __init__(self, *, runner: Runner):
+        self.runner = runner
+        self._listener: psycopg.Connection | None = None
+
+    def claim(self) -> ClaimedJob | None:
+        close_old_connections()
+        self.runner.refresh_from_db(fields=["is_paused", "revoked_at", "tags"])
+        return services.job_claim(runner=self.runner)
+
+    def wait_for_work(self, timeout: float) -> None:
+        try:
+            if self._listener is None or self._listener.closed:
+                self._listener = listen_connection()
+            for _ in self._listener.notifies(timeout=timeout, stop_after=1):
+                break
+        except psycopg.Error as exc:
+            # The database went away: drop the listener; the loop's claim retries with backoff.
+            logger.warning("LISTEN connection lost: %s", exc)
+            if self._listener is not None:
+                self._listener.close()
+            self._listener = None
+            raise _as_django_error(exc) from exc
+
+    def heartbeat(self, job: ClaimedJob) -> bool:
+        try:
+            services.job_heartbeat(job_id=job.id, runner=self.runner)
+        except JobNotHeld:
+            return False
+        return True
+
+    def step_started(self, job: ClaimedJob, step: ClaimedStep) -> None:
+        services.step_start(job_id=job.id, step_id=step.id, runner=self.runner)
+
+    def step_log(self, job: ClaimedJob, step: ClaimedStep, offset: int, text: str) -> None:
+        services.step_log(job_id=job.id, step_id=step.id, runner=self.runner, offset=offset, text=text)
+
+    def step_finished(self, job: ClaimedJob, step: ClaimedStep, *, status: str, exit_code: int | None) -> None:
+        services.step_finish(job_id=job.id, step_id=step.id, runner=self.runner, status=status, exit_code=exit_code)
+
+    def complete(self, job: ClaimedJob, result: JobResult) -> None:
+        services.job_complete(
+            job_id=job.id, runner=self.runner, status=result.status, exit_code=result.exit_code, reason=result.reason
+        )
+
+    def release(self, job: ClaimedJob, reason: str) -> None:
+        services.job_release(job_id=job.id, runner=self.runner, reason=reason)
+
+    def close_thread(self) -> None:
+        connection.close()
+
+
+def _as_django_error(exc: psycopg.Error) -> Exception:
+    from django.db import OperationalError
+
+    return OperationalError(str(exc))

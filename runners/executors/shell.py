@@ -1,0 +1,208 @@
+"""The shell executor: each job in a fresh workspace on the runner's host.
+
+Script lines run one per process (each is a Step with its own exit code and log), but
+they behave like one shell session as in GitLab: the working directory and exported
+variables carry over from line to line through a small state file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from pipelines.git import GitError, run_git
+from runners.executors.base import JobResult, LogStream, Reporter
+from runners.services import ClaimedJob, ClaimedStep
+from runs.models import StepKind, StepStatus
+
+_KILL_GRACE_S = 2.0
+_DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+class ShellExecutor:
+    def __init__(self, *, reporter: Reporter, builds_dir: Path | None = None, keep_workspace: bool = False):
+        self.reporter = reporter
+        self.builds_dir = Path(builds_dir or tempfile.gettempdir()) / "conveyor-builds"
+        self.keep_workspace = keep_workspace
+
+    def run(self, job: ClaimedJob, stop: threading.Event) -> JobResult:
+        self.builds_dir.mkdir(parents=True, exist_ok=True)
+        workspace = Path(tempfile.mkdtemp(prefix=f"{job.id}-", dir=self.builds_dir))
+        try:
+            return self._run_in(workspace, job, stop)
+        finally:
+            if not self.keep_workspace:
+                shutil.rmtree(workspace, ignore_errors=True)
+
+    def _run_in(self, workspace: Path, job: ClaimedJob, stop: threading.Event) -> JobResult:
+        project = workspace / "src"
+        state = workspace / "state"
+        for directory in (project, state, workspace / "tmp", workspace / "home"):
+            directory.mkdir()
+        env = self._environment(job, workspace, project)
+        deadline = time.monotonic() + job.timeout_s
+        steps = list(job.steps)
+        if not steps:
+            return JobResult(status=StepStatus.SUCCESS)
+
+        checkout_error, first_offset = self._checkout(job, project, steps[0])
+        if checkout_error:
+            for step in steps:
+                self.reporter.step_finished(job, step, status=StepStatus.SKIPPED, exit_code=None)
+            return JobResult(status=StepStatus.FAILURE, reason=checkout_error)
+
+        result = JobResult(status=StepStatus.SUCCESS, exit_code=0)
+        main_failed = False
+        for step in steps:
+            if step.kind != StepKind.AFTER_SCRIPT and (main_failed or stop.is_set()):
+                self.reporter.step_finished(job, step, status=StepStatus.SKIPPED, exit_code=None)
+                continue
+            if step.kind == StepKind.AFTER_SCRIPT and stop.is_set():
+                self.reporter.step_finished(job, step, status=StepStatus.SKIPPED, exit_code=None)
+                continue
+            # after_script gets its own short budget even when the job timed out (GitLab: 5 min).
+            step_deadline = deadline if step.kind != StepKind.AFTER_SCRIPT else time.monotonic() + 300
+            offset = first_offset if step is steps[0] else 0
+            status, exit_code, note = self._run_step(job, step, env, state, project, stop, step_deadline, offset)
+            if step.kind == StepKind.AFTER_SCRIPT:
+                continue  # its outcome never changes the job's
+            if status != StepStatus.SUCCESS:
+                main_failed = True
+                result = JobResult(status=status, exit_code=exit_code, reason=note)
+        return result
+
+    def _environment(self, job: ClaimedJob, workspace: Path, project: Path) -> dict[str, str]:
+        # Built from scratch: the runner's own environment (database URL, secret key, cloud
+        # credentials) must never reach a job.
+        env = {
+            "PATH": os.environ.get("CONVEYOR_JOB_PATH", _DEFAULT_PATH),
+            "HOME": str(workspace / "home"),
+            "TMPDIR": str(workspace / "tmp"),
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "CI_PROJECT_DIR": str(project),
+            "CI_BUILDS_DIR": str(self.builds_dir),
+        }
+        env.update(job.variables)
+        return env
+
+    def _checkout(self, job: ClaimedJob, project: Path, first_step: ClaimedStep) -> tuple[str, int]:
+        """Fetch exactly the job's commit. Its output goes at the head of the first step's log.
+
+        Returns (error message or "", the log offset the first step continues at)."""
+        log = LogStream(self.reporter, job, first_step)
+        log.write(f"Fetching {job.commit_sha[:12]} ({job.ref}) into {project}\n")
+        try:
+            run_git("init", "--quiet", str(project))
+            run_git("-C", str(project), "remote", "add", "origin", job.clone_url)
+            fetched = run_git(
+                "-C", str(project), "fetch", "--quiet", "--depth", "1", "origin", job.commit_sha, check=False
+            )
+            if fetched.returncode != 0:
+                # Servers that refuse fetching by sha: fetch everything, then pick the commit.
+                run_git("-C", str(project), "fetch", "--quiet", "origin")
+            run_git("-C", str(project), "checkout", "--quiet", "--detach", job.commit_sha)
+        except GitError as exc:
+            log.write(f"Checkout failed: {exc}\n")
+            log.flush(final=True)
+            return f"checkout failed: {exc}", log.offset
+        log.flush(final=True)
+        return "", log.offset
+
+    def _script(self, command: str, state: Path, project: Path) -> str:
+        env_file, cwd_file = shlex.quote(str(state / "env")), shlex.quote(str(state / "cwd"))
+        return "\n".join(
+            [
+                f"if [ -f {env_file} ]; then . {env_file}; fi",
+                f'cd "$(cat {cwd_file} 2>/dev/null || echo {shlex.quote(str(project))})"',
+                "__conveyor_save() { __rc=$?; export -p > "
+                f"{env_file}.tmp && mv {env_file}.tmp {env_file}; pwd > {cwd_file}; exit $__rc; }}",
+                "trap __conveyor_save EXIT",
+                "set -eo pipefail",
+                command,
+                "",
+            ]
+        )
+
+    def _run_step(
+        self,
+        job: ClaimedJob,
+        step: ClaimedStep,
+        env: dict[str, str],
+        state: Path,
+        project: Path,
+        stop: threading.Event,
+        deadline: float,
+        log_offset: int,
+    ) -> tuple[str, int | None, str]:
+        self.reporter.step_started(job, step)
+        log = LogStream(self.reporter, job, step)
+        log.offset = log_offset
+        log.write(f"$ {step.command}\n")
+        script = state / f"step-{step.index}.sh"
+        script.write_text(self._script(step.command, state, project))
+        shell = shutil.which("bash", path=env["PATH"]) or "/bin/sh"
+        process = subprocess.Popen(
+            [shell, "--noprofile", "--norc", str(script)] if shell.endswith("bash") else [shell, str(script)],
+            cwd=project,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so a kill reaches every child
+        )
+        note = ""
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            open_pipe = True
+            while open_pipe:
+                if stop.is_set():
+                    note = "cancelled"
+                    break
+                if time.monotonic() > deadline:
+                    note = f"timed out after {job.timeout_s}s"
+                    break
+                for _key, _ in selector.select(timeout=0.1):
+                    data = os.read(process.stdout.fileno(), 65536)
+                    if not data:
+                        open_pipe = False
+                        break
+                    log.write_bytes(data)
+                log.maybe_flush()
+        if note:
+            _kill_group(process)
+            log.write(f"\n{'Cancelled' if note == 'cancelled' else 'Timeout'}: {note}\n")
+        exit_code = process.wait()
+        process.stdout.close()
+        if not note and exit_code != 0:
+            log.write(f"\nexit code {exit_code}\n")
+        log.flush(final=True)
+        if note == "cancelled":
+            status = StepStatus.CANCELLED
+        elif note or exit_code != 0:
+            status = StepStatus.FAILURE
+        else:
+            status = StepStatus.SUCCESS
+        self.reporter.step_finished(job, step, status=status, exit_code=None if note else exit_code)
+        return status, exit_code, note or (f"step {step.name!r} exited with {exit_code}" if exit_code else "")
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """TERM the whole process group, then KILL what is left after a grace period."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=_KILL_GRACE_S)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)

@@ -1,0 +1,211 @@
+"""The runner loop: claim jobs, run them concurrently, keep their leases alive, hand them
+back on shutdown. It talks to the server through a Backend: the ORM on trusted nodes,
+HTTP elsewhere; the loop itself is the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from runners.executors.base import JobResult, Reporter
+from runners.services import ClaimedJob
+
+logger = logging.getLogger(__name__)
+
+
+class Backend(Reporter, Protocol):
+    def claim(self) -> ClaimedJob | None: ...
+
+    def wait_for_work(self, timeout: float) -> None:
+        """Block until work may be available (a notification) or the timeout passes."""
+
+    def heartbeat(self, job: ClaimedJob) -> bool:
+        """Extend the lease. False: the server no longer wants this job run (cancelled, lost)."""
+
+    def complete(self, job: ClaimedJob, result: JobResult) -> None: ...
+
+    def release(self, job: ClaimedJob, reason: str) -> None:
+        """Hand a job back to the queue (shutdown)."""
+
+    def close_thread(self) -> None:
+        """Release per-thread resources (database connections)."""
+
+
+class Executor(Protocol):
+    def run(self, job: ClaimedJob, stop: threading.Event) -> JobResult: ...
+
+
+# Errors worth a retry with backoff: the database or the server is away for a moment.
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    import django.db
+    import requests
+
+    return (django.db.OperationalError, django.db.InterfaceError, requests.ConnectionError, requests.Timeout)
+
+
+@dataclass
+class _Running:
+    job: ClaimedJob
+    thread: threading.Thread
+    stop: threading.Event = field(default_factory=threading.Event)
+    # Set when the server took the job away: then nothing more is reported for it.
+    lost: bool = False
+    released: bool = False
+
+
+class RunnerLoop:
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        executor: Executor,
+        concurrency: int = 1,
+        poll_interval: float = 5.0,
+        heartbeat_interval: float = 2.0,
+        grace_period: float = 30.0,
+        max_jobs: int | None = None,
+    ):
+        self.backend = backend
+        self.executor = executor
+        self.concurrency = max(1, concurrency)
+        self.poll_interval = poll_interval
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self.max_jobs = max_jobs
+        self.stopping = threading.Event()
+        self.claimed = 0
+        self._running: dict[str, _Running] = {}
+        self._lock = threading.Lock()
+
+    def install_signal_handlers(self) -> None:
+        def stop(signum, _frame):
+            logger.info("received %s: no new claims; finishing running jobs", signal.Signals(signum).name)
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def serve(self) -> None:
+        heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        heartbeat.start()
+        backoff = 0.0
+        while not self.stopping.is_set():
+            if self.max_jobs is not None and self.claimed >= self.max_jobs:
+                break
+            if self._free_slots() == 0:
+                self.stopping.wait(0.05)
+                continue
+            try:
+                job = self.backend.claim()
+                backoff = 0.0
+            except _transient_errors() as exc:
+                backoff = min(30.0, max(0.5, backoff * 2))
+                logger.warning("claim failed (%s); retrying in %.1fs", exc, backoff)
+                self.stopping.wait(backoff + random.random() * backoff / 4)
+                continue
+            if job is not None:
+                self._start(job)
+                continue
+            try:
+                self.backend.wait_for_work(self.poll_interval)
+            except _transient_errors() as exc:
+                logger.warning("waiting for work failed (%s)", exc)
+                self.stopping.wait(1.0)
+        self._shutdown()
+
+    def wait_idle(self) -> None:
+        while self._active():
+            time.sleep(0.05)
+
+    def _free_slots(self) -> int:
+        with self._lock:
+            self._running = {k: r for k, r in self._running.items() if r.thread.is_alive()}
+            return self.concurrency - len(self._running)
+
+    def _active(self) -> list[_Running]:
+        with self._lock:
+            return [r for r in self._running.values() if r.thread.is_alive()]
+
+    def _start(self, job: ClaimedJob) -> None:
+        self.claimed += 1
+        running = _Running(job=job, thread=threading.Thread(name=f"job-{job.name}", daemon=True))
+        running.thread = threading.Thread(target=self._execute, args=(running,), name=f"job-{job.name}", daemon=True)
+        with self._lock:
+            self._running[job.id] = running
+        logger.info("claimed job %s (%s), attempt %s", job.name, job.id, job.attempt)
+        running.thread.start()
+
+    def _execute(self, running: _Running) -> None:
+        job = running.job
+        try:
+            try:
+                result = self.executor.run(job, running.stop)
+            except Exception as exc:  # an executor bug must fail the job, never kill the runner
+                logger.exception("executor crashed on job %s", job.id)
+                result = JobResult(status="FAILURE", reason=f"runner error: {exc}")
+            if running.lost or running.released:
+                return
+            self._report_with_retry(lambda: self.backend.complete(job, result), f"finish job {job.id}")
+            logger.info("job %s finished: %s %s", job.name, result.status, result.reason)
+        finally:
+            self.backend.close_thread()
+
+    def _report_with_retry(self, call, what: str) -> None:
+        delay = 0.5
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                call()
+                return
+            except _transient_errors() as exc:
+                if time.monotonic() > deadline:
+                    logger.error("giving up on %s: %s", what, exc)
+                    return
+                logger.warning("%s failed (%s); retrying", what, exc)
+                time.sleep(delay)
+                delay = min(10.0, delay * 2)
+            except Exception as exc:
+                # Refused (e.g. the job was reaped meanwhile): nothing to retry.
+                logger.warning("%s refused: %s", what, exc)
+                return
+
+    def _heartbeat_loop(self) -> None:
+        try:
+            while True:
+                for running in self._active():
+                    if running.lost or running.released:
+                        continue
+                    try:
+                        keep = self.backend.heartbeat(running.job)
+                    except _transient_errors() as exc:
+                        logger.warning("heartbeat for %s failed: %s", running.job.id, exc)
+                        continue
+                    if not keep:
+                        logger.info("job %s was cancelled or taken away: stopping it", running.job.id)
+                        running.lost = True
+                        running.stop.set()
+                if self.stopping.is_set() and not self._active():
+                    return
+                time.sleep(self.heartbeat_interval)
+        finally:
+            self.backend.close_thread()
+
+    def _shutdown(self) -> None:
+        deadline = time.monotonic() + self.grace_period
+        while self._active() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for running in self._active():
+            logger.info("grace period over: handing job %s back", running.job.id)
+            running.released = True
+            running.stop.set()
+            self._report_with_retry(
+                lambda job=running.job: self.backend.release(job, "runner shut down"), f"release job {running.job.id}"
+            )
+        for running in self._active():
+            running.thread.join(timeout=10)
