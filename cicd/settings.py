@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from cicd import embedded
-from cicd.env import check_redis_url, env_bool, env_int, env_list, env_str, parse_database_url, raw
+from cicd.env import check_redis_url, env_bool, env_float, env_int, env_list, env_str, parse_database_url, raw
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -163,6 +163,18 @@ CONVEYOR_MIRRORS_DIR = Path(env_str("CONVEYOR_MIRRORS_DIR", str(embedded.var_dir
 # Upper bounds that keep a hostile config from exhausting the server.
 CONVEYOR_MAX_CONFIG_BYTES = env_int("CONVEYOR_MAX_CONFIG_BYTES", 1024 * 1024, minimum=1024)
 CONVEYOR_MAX_JOBS_PER_RUN = env_int("CONVEYOR_MAX_JOBS_PER_RUN", 2000, minimum=1)
+
+# --- Runners and the queue.
+# A running job's lease: the runner's heartbeats extend it; past it the reaper takes the job back.
+CONVEYOR_JOB_LEASE_S = env_int("CONVEYOR_JOB_LEASE_S", 30, minimum=5)
+# Timeout of a job whose config sets none.
+CONVEYOR_JOB_TIMEOUT_S = env_int("CONVEYOR_JOB_TIMEOUT_S", 3600, minimum=1)
+# How often a runner reports on its jobs (and learns of cancels).
+CONVEYOR_HEARTBEAT_S = env_float("CONVEYOR_HEARTBEAT_S", 1.0, minimum=0.1)
+# Idle runners wait on LISTEN/NOTIFY; this poll is only the fallback.
+CONVEYOR_RUNNER_POLL_S = env_float("CONVEYOR_RUNNER_POLL_S", 5.0, minimum=0.1)
+# Where the shell executor makes job workspaces.
+CONVEYOR_BUILDS_DIR = env_str("CONVEYOR_BUILDS_DIR", str(embedded.var_dir() / "builds"))
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

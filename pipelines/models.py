@@ -37,6 +37,15 @@ class Trigger(models.TextChoices):
     MANUAL = "MANUAL", "Manual"
 
 
+# What `rules: if: $CI_PIPELINE_SOURCE == ...` sees for each trigger.
+PIPELINE_SOURCE = {
+    Trigger.PUSH: "push",
+    Trigger.PR: "merge_request_event",
+    Trigger.SCHEDULE: "schedule",
+    Trigger.MANUAL: "web",
+}
+
+
 class Pipeline(models.Model):
     """A pipeline: the config file at `config_path` in a repository.
 

@@ -10,7 +10,7 @@ from django.conf import settings
 from pipelines import git
 from pipelines.config.parser import parse_pipeline
 from pipelines.config.spec import ConfigError, TriggerContext
-from pipelines.models import Pipeline, Trigger
+from pipelines.models import PIPELINE_SOURCE, Pipeline
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -18,14 +18,6 @@ if TYPE_CHECKING:
     from runs.models import PipelineRun
 
 logger = logging.getLogger(__name__)
-
-# What `rules: if: $CI_PIPELINE_SOURCE == ...` sees for each trigger.
-PIPELINE_SOURCE = {
-    Trigger.PUSH: "push",
-    Trigger.PR: "merge_request_event",
-    Trigger.SCHEDULE: "schedule",
-    Trigger.MANUAL: "web",
-}
 
 
 class TriggerError(Exception):

@@ -8,6 +8,7 @@ import psycopg
 from django.conf import settings
 from django.db import close_old_connections, connection
 
+from logs.services import LogGap
 from runners import services
 from runners.executors.base import JobResult
 from runners.models import Runner
@@ -19,7 +20,8 @@ logger = logging.getLogger(__name__)
 QUEUE_CHANNEL = "conveyor_jobs"
 
 
-def listen_connection() -> psycopg.Connection:
+def listen_params() -> dict:
+    """Connection parameters for a dedicated LISTEN connection (outside Django's pool)."""
     db = settings.DATABASES["default"]
     params = {
         "dbname": db["NAME"],
@@ -29,7 +31,11 @@ def listen_connection() -> psycopg.Connection:
         "port": db.get("PORT") or None,
         **db.get("OPTIONS", {}),
     }
-    conn = psycopg.connect(autocommit=True, **{k: v for k, v in params.items() if v is not None})
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def listen_connection() -> psycopg.Connection:
+    conn = psycopg.connect(autocommit=True, **listen_params())
     conn.execute(f"LISTEN {QUEUE_CHANNEL}")
     return conn
 
@@ -65,22 +71,31 @@ class OrmBackend:
             return False
         return True
 
+    def _report(self, call, *args, **kwargs) -> None:
+        # A refused report means the job was cancelled or taken away: the heartbeat stops it.
+        try:
+            call(*args, runner=self.runner, **kwargs)
+        except JobNotHeld as exc:
+            logger.info("report ignored: %s", exc)
+        except LogGap as exc:
+            logger.warning("log chunk refused: %s", exc)
+
     def step_started(self, job: ClaimedJob, step: ClaimedStep) -> None:
-        services.step_start(job_id=job.id, step_id=step.id, runner=self.runner)
+        self._report(services.step_start, job_id=job.id, step_id=step.id)
 
     def step_log(self, job: ClaimedJob, step: ClaimedStep, offset: int, text: str) -> None:
-        services.step_log(job_id=job.id, step_id=step.id, runner=self.runner, offset=offset, text=text)
+        self._report(services.step_log, job_id=job.id, step_id=step.id, offset=offset, text=text)
 
     def step_finished(self, job: ClaimedJob, step: ClaimedStep, *, status: str, exit_code: int | None) -> None:
-        services.step_finish(job_id=job.id, step_id=step.id, runner=self.runner, status=status, exit_code=exit_code)
+        self._report(services.step_finish, job_id=job.id, step_id=step.id, status=status, exit_code=exit_code)
 
     def complete(self, job: ClaimedJob, result: JobResult) -> None:
-        services.job_complete(
-            job_id=job.id, runner=self.runner, status=result.status, exit_code=result.exit_code, reason=result.reason
+        self._report(
+            services.job_complete, job_id=job.id, status=result.status, exit_code=result.exit_code, reason=result.reason
         )
 
     def release(self, job: ClaimedJob, reason: str) -> None:
-        services.job_release(job_id=job.id, runner=self.runner, reason=reason)
+        self._report(services.job_release, job_id=job.id, reason=reason)
 
     def close_thread(self) -> None:
         connection.close()

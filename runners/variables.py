@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from pipelines.models import Trigger
-from pipelines.services import PIPELINE_SOURCE
+from pipelines.models import PIPELINE_SOURCE, Trigger
 from runners.models import Runner
 from runs.models import Job
 
@@ -54,4 +53,6 @@ def job_variables(*, job: Job, runner: Runner, job_token: str) -> dict[str, str]
     # Trigger-time variables, then the job's (already merged over the config's global ones).
     values.update({str(k): str(v) for k, v in (run.variables or {}).items()})
     values.update({str(k): str(v) for k, v in ((job.spec or {}).get("variables") or {}).items()})
+    # The job's own credential is not the config's to override.
+    values["CI_JOB_TOKEN"] = job_token
     return values

@@ -108,6 +108,20 @@ class When(models.TextChoices):
     DELAYED = "delayed", "Delayed"
 
 
+class FailureReason(models.TextChoices):
+    """Why a job failed, in GitLab's vocabulary (what `retry: when:` lists). Not stored in a column:
+    `job_finish(reason=...)` takes one of these, or free text, which counts as a script failure."""
+
+    SCRIPT_FAILURE = "script_failure", "Script failure"
+    UNKNOWN_FAILURE = "unknown_failure", "Unknown failure"
+    API_FAILURE = "api_failure", "API failure"
+    STUCK_OR_TIMEOUT_FAILURE = "stuck_or_timeout_failure", "Stuck or timed out"
+    RUNNER_SYSTEM_FAILURE = "runner_system_failure", "Runner system failure"
+    JOB_EXECUTION_TIMEOUT = "job_execution_timeout", "Job execution timeout"
+    SCHEDULER_FAILURE = "scheduler_failure", "Scheduler failure"
+    DATA_INTEGRITY_FAILURE = "data_integrity_failure", "Data integrity failure"
+
+
 class Job(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     run = models.ForeignKey(PipelineRun, on_delete=models.CASCADE, related_name="jobs")
@@ -131,6 +145,9 @@ class Job(models.Model):
     retry_max = models.PositiveSmallIntegerField(default=0)
     retry_when = ArrayField(models.CharField(max_length=64), default=list, blank=True)
     attempt = models.PositiveSmallIntegerField(default=1)
+    # A later attempt replaced this one (retry, a lost runner): kept, with its steps and logs,
+    # as the record of what happened, but no longer part of the run's DAG.
+    retried = models.BooleanField(default=False)
     interruptible = models.BooleanField(default=False)
     resource_group = models.CharField(max_length=255, blank=True)
     environment = models.CharField(max_length=255, blank=True)
@@ -139,6 +156,9 @@ class Job(models.Model):
     spec = models.JSONField(default=dict, blank=True)
 
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # sha256 of the job token (CI_JOB_TOKEN) issued at claim: it authenticates the job's own
+    # calls (logs, artifacts) and dies with the job.
+    token_hash = models.CharField(max_length=64, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     # When it became claimable; the queue is ordered by it.
@@ -151,7 +171,10 @@ class Job(models.Model):
     class Meta:
         ordering = ["stage_index", "name"]
         constraints = [
-            models.UniqueConstraint(fields=["run", "name"], name="job_unique_name_per_run"),
+            # One current attempt per job name; retried attempts stay beside it.
+            models.UniqueConstraint(
+                fields=["run", "name"], condition=Q(retried=False), name="job_unique_current_name_per_run"
+            ),
             models.CheckConstraint(
                 condition=~Q(status="RUNNING") | Q(lease_expires_at__isnull=False),
                 name="job_running_has_lease",

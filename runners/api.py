@@ -1,0 +1,231 @@
+"""The runner API: what `manage.py runner --url ... --token ...` talks to.
+
+Plain JSON views rather than DRF: it is a machine protocol, and the long-poll claim must
+be an async view (under ASGI a blocking sync view would hold Django's shared thread).
+Every call but `register` carries `Authorization: Bearer <runner token>`; job calls are
+fenced: only the runner holding a RUNNING job may report on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from logs.services import LogGap
+from runners import services
+from runners.models import Executor, Runner
+from runners.services import JobNotHeld, RunnerAuthError
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_LONG_POLL_S = 30.0
+
+
+class BadRequest(Exception):
+    pass
+
+
+def _error(status: int, message: str, **extra: Any) -> JsonResponse:
+    return JsonResponse({"detail": message, **extra}, status=status)
+
+
+def _json_body(request: HttpRequest) -> dict[str, Any]:
+    if len(request.body) > MAX_BODY_BYTES:
+        raise BadRequest(f"body over {MAX_BODY_BYTES} bytes")
+    if not request.body:
+        return {}
+    try:
+        data = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    return data
+
+
+def _bearer(request: HttpRequest) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() in {"bearer", "token"} else ""
+
+
+def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    if name not in data:
+        if default is ...:
+            raise BadRequest(f"missing field {name!r}")
+        return default
+    value = data[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # JSON true/false are bools, and bool is an int in Python: refuse them where a number is meant.
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        raise BadRequest(f"field {name!r} must be {names}")
+    return value
+
+
+def runner_endpoint(view: Callable) -> Callable:
+    """Authenticate the runner, parse the body, map domain errors to status codes."""
+
+    @csrf_exempt
+    @require_POST
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs):
+        try:
+            runner = services.runner_authenticate(token=_bearer(request))
+            return view(request, runner, _json_body(request), *args, **kwargs)
+        except RunnerAuthError as exc:
+            return _error(401, str(exc))
+        except BadRequest as exc:
+            return _error(400, str(exc))
+        except JobNotHeld as exc:
+            return _error(409, str(exc), code="job_not_held")
+        except LogGap as exc:
+            return _error(409, str(exc), code="log_gap", expected_offset=exc.expected)
+
+    return wrapper
+
+
+@csrf_exempt
+@require_POST
+def register(request: HttpRequest) -> JsonResponse:
+    try:
+        data = _json_body(request)
+        tags = _field(data, "tags", list, [])
+        if not all(isinstance(t, str) and 0 < len(t) <= 100 for t in tags):
+            raise BadRequest("tags must be non-empty strings of at most 100 characters")
+        executor = _field(data, "executor", str, Executor.SHELL)
+        if executor not in Executor.values:
+            raise BadRequest(f"executor must be one of {', '.join(Executor.values)}")
+        runner, token = services.runner_register(
+            registration_token=_field(data, "registration_token", str),
+            name=_field(data, "name", str),
+            tags=tags,
+            concurrency=_field(data, "concurrency", int, 1),
+            executor=executor,
+            version=_field(data, "version", str, ""),
+        )
+    except BadRequest as exc:
+        return _error(400, str(exc))
+    except RunnerAuthError as exc:
+        return _error(403, str(exc))
+    return JsonResponse({"id": str(runner.id), "token": token}, status=201)
+
+
+@sync_to_async(thread_sensitive=False)
+def _authenticate_and_claim(token: str) -> tuple[Runner, services.ClaimedJob | None]:
+    from django.db import close_old_connections
+
+    close_old_connections()
+    runner = services.runner_authenticate(token=token)
+    return runner, services.job_claim(runner=runner)
+
+
+@csrf_exempt
+async def request_job(request: HttpRequest) -> JsonResponse:
+    """Claim a job; with {"wait": N} long-poll up to N seconds, woken by LISTEN/NOTIFY."""
+    if request.method != "POST":
+        return _error(405, "POST only")
+    try:
+        data = _json_body(request)
+        wait = float(_field(data, "wait", (int, float), 0))
+    except BadRequest as exc:
+        return _error(400, str(exc))
+    token = _bearer(request)
+    deadline = asyncio.get_running_loop().time() + max(0.0, min(wait, MAX_LONG_POLL_S))
+    listener = None
+    try:
+        while True:
+            try:
+                runner, job = await _authenticate_and_claim(token)
+            except RunnerAuthError as exc:
+                return _error(401, str(exc))
+            if job is not None:
+                return JsonResponse(dataclasses.asdict(job))
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return JsonResponse({}, status=204)
+            if listener is None:
+                listener = await _async_listener()
+            try:
+                async for _ in listener.notifies(timeout=remaining, stop_after=1):
+                    break
+            except Exception:
+                return JsonResponse({}, status=204)
+    finally:
+        if listener is not None:
+            await listener.close()
+
+
+async def _async_listener():
+    import psycopg
+
+    from runners.backends import QUEUE_CHANNEL, listen_params
+
+    conn = await psycopg.AsyncConnection.connect(autocommit=True, **listen_params())
+    await conn.execute(f"LISTEN {QUEUE_CHANNEL}")
+    return conn
+
+
+@runner_endpoint
+def heartbeat(request: HttpRequest, runner: Runner, data: dict, job_id) -> JsonResponse:
+    services.job_heartbeat(job_id=job_id, runner=runner)
+    return JsonResponse({"continue": True})
+
+
+@runner_endpoint
+def step_start(request: HttpRequest, runner: Runner, data: dict, job_id, step_id) -> JsonResponse:
+    services.step_start(job_id=job_id, step_id=step_id, runner=runner)
+    return JsonResponse({})
+
+
+@runner_endpoint
+def step_finish(request: HttpRequest, runner: Runner, data: dict, job_id, step_id) -> JsonResponse:
+    exit_code = _field(data, "exit_code", (int, type(None)), None)
+    try:
+        services.step_finish(
+            job_id=job_id, step_id=step_id, runner=runner, status=_field(data, "status", str), exit_code=exit_code
+        )
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return JsonResponse({})
+
+
+@runner_endpoint
+def step_log(request: HttpRequest, runner: Runner, data: dict, job_id, step_id) -> JsonResponse:
+    offset = _field(data, "offset", int)
+    if offset < 0:
+        raise BadRequest("offset must be >= 0")
+    next_offset = services.step_log(
+        job_id=job_id, step_id=step_id, runner=runner, offset=offset, text=_field(data, "content", str)
+    )
+    return JsonResponse({"next_offset": next_offset})
+
+
+@runner_endpoint
+def finish(request: HttpRequest, runner: Runner, data: dict, job_id) -> JsonResponse:
+    exit_code = _field(data, "exit_code", (int, type(None)), None)
+    try:
+        services.job_complete(
+            job_id=job_id,
+            runner=runner,
+            status=_field(data, "status", str),
+            exit_code=exit_code,
+            reason=_field(data, "reason", str, "")[:500],
+        )
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return JsonResponse({})
+
+
+@runner_endpoint
+def release(request: HttpRequest, runner: Runner, data: dict, job_id) -> JsonResponse:
+    services.job_release(job_id=job_id, runner=runner, reason=_field(data, "reason", str, "")[:500])
+    return JsonResponse({})

@@ -1,0 +1,160 @@
+"""The runner's HTTP side: a client of the runner API and a Backend built on it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import requests
+
+from runners.executors.base import JobResult
+from runners.services import ClaimedJob, ClaimedStep
+
+logger = logging.getLogger(__name__)
+
+_TIMEOUT = (5, 60)  # connect, read
+_LONG_POLL_S = 25
+
+
+class RunnerApiError(Exception):
+    pass
+
+
+class RunnerApiClient:
+    def __init__(self, url: str, token: str = ""):
+        self.base = url.rstrip("/") + "/api/runner/"
+        self.token = token
+        self._local = threading.local()  # a Session is not thread-safe: one per thread
+
+    @property
+    def session(self) -> requests.Session:
+        if not hasattr(self._local, "session"):
+            session = requests.Session()
+            # Jobs must never see this token; it lives only in this process's memory.
+            if self.token:
+                session.headers["Authorization"] = f"Bearer {self.token}"
+            self._local.session = session
+        return self._local.session
+
+    def post(self, path: str, body: dict[str, Any] | None = None, *, timeout=_TIMEOUT) -> requests.Response:
+        response = self.session.post(self.base + path, json=body or {}, timeout=timeout)
+        if response.status_code >= 500:
+            # Treated like a dropped connection: the caller retries with backoff.
+            raise requests.ConnectionError(f"server error {response.status_code} on {path}")
+        return response
+
+    def register(self, *, registration_token: str, name: str, tags: list[str], concurrency: int, executor: str):
+        response = self.post(
+            "register",
+            {
+                "registration_token": registration_token,
+                "name": name,
+                "tags": tags,
+                "concurrency": concurrency,
+                "executor": executor,
+            },
+        )
+        if response.status_code != 201:
+            raise RunnerApiError(f"registration refused ({response.status_code}): {_detail(response)}")
+        data = response.json()
+        return data["id"], data["token"]
+
+    def close(self) -> None:
+        if hasattr(self._local, "session"):
+            self._local.session.close()
+            del self._local.session
+
+
+def _detail(response: requests.Response) -> str:
+    try:
+        return str(response.json().get("detail", response.text[:200]))
+    except ValueError:
+        return response.text[:200]
+
+
+def _job_from_json(data: dict[str, Any]) -> ClaimedJob:
+    steps = [ClaimedStep(**step) for step in data.pop("steps")]
+    return ClaimedJob(steps=steps, **data)
+
+
+class HttpBackend:
+    def __init__(self, *, url: str, token: str):
+        self.client = RunnerApiClient(url, token)
+        self._pending: ClaimedJob | None = None
+
+    def _check(self, response: requests.Response, what: str) -> None:
+        if response.status_code == 401:
+            raise RunnerApiError(f"{what}: the runner token was refused")
+        if response.status_code >= 400:
+            raise RunnerApiError(f"{what} refused ({response.status_code}): {_detail(response)}")
+
+    def claim(self) -> ClaimedJob | None:
+        if self._pending is not None:
+            job, self._pending = self._pending, None
+            return job
+        response = self.client.post("jobs/request", {"wait": 0})
+        return self._claimed(response)
+
+    def _claimed(self, response: requests.Response) -> ClaimedJob | None:
+        if response.status_code == 204:
+            return None
+        self._check(response, "claim")
+        return _job_from_json(response.json())
+
+    def wait_for_work(self, timeout: float) -> None:
+        # A long-poll: the server answers as soon as a job is queued. A job it hands us
+        # here is kept for the next claim() call.
+        wait = min(timeout, _LONG_POLL_S)
+        response = self.client.post("jobs/request", {"wait": wait}, timeout=(5, wait + 30))
+        self._pending = self._claimed(response)
+
+    def heartbeat(self, job: ClaimedJob) -> bool:
+        response = self.client.post(f"jobs/{job.id}/heartbeat")
+        if response.status_code == 409:
+            return False
+        self._check(response, "heartbeat")
+        return True
+
+    def _job_call(self, path: str, body: dict[str, Any], what: str) -> requests.Response | None:
+        response = self.client.post(path, body)
+        if response.status_code == 409 and response.json().get("code") == "job_not_held":
+            # Cancelled or taken away: the heartbeat will stop the job; nothing to report.
+            logger.info("%s ignored: %s", what, _detail(response))
+            return None
+        return response
+
+    def step_started(self, job: ClaimedJob, step: ClaimedStep) -> None:
+        response = self._job_call(f"jobs/{job.id}/steps/{step.id}/start", {}, "step start")
+        if response is not None:
+            self._check(response, "step start")
+
+    def step_log(self, job: ClaimedJob, step: ClaimedStep, offset: int, text: str) -> None:
+        response = self._job_call(
+            f"jobs/{job.id}/steps/{step.id}/log", {"offset": offset, "content": text}, "log chunk"
+        )
+        if response is not None and response.status_code == 409:
+            logger.warning("log chunk at %s refused: %s", offset, _detail(response))
+        elif response is not None:
+            self._check(response, "log chunk")
+
+    def step_finished(self, job: ClaimedJob, step: ClaimedStep, *, status: str, exit_code: int | None) -> None:
+        response = self._job_call(
+            f"jobs/{job.id}/steps/{step.id}/finish", {"status": status, "exit_code": exit_code}, "step finish"
+        )
+        if response is not None:
+            self._check(response, "step finish")
+
+    def complete(self, job: ClaimedJob, result: JobResult) -> None:
+        body = {"status": result.status, "exit_code": result.exit_code, "reason": result.reason}
+        response = self._job_call(f"jobs/{job.id}/finish", body, "finish")
+        if response is not None:
+            self._check(response, "finish")
+
+    def release(self, job: ClaimedJob, reason: str) -> None:
+        response = self._job_call(f"jobs/{job.id}/release", {"reason": reason}, "release")
+        if response is not None:
+            self._check(response, "release")
+
+    def close_thread(self) -> None:
+        self.client.close()

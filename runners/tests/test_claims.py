@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from runners.models import Runner
+from runners.services import JobNotHeld, job_claim, job_heartbeat
+from runs.models import Job, JobStatus
+
+
+def test_a_claim_takes_the_oldest_queued_job_and_marks_it_running(make_queued_jobs, runner):
+    first, second = make_queued_jobs(2)
+    Job.objects.filter(pk=second.pk).update(queued_at=first.queued_at.replace(year=2000))
+
+    claimed = job_claim(runner=runner)
+
+    assert claimed.id == str(second.pk)
+    second.refresh_from_db()
+    assert second.status == JobStatus.RUNNING
+    assert second.runner == runner
+    assert second.lease_expires_at > second.started_at
+    assert claimed.job_token.startswith("cvj_")
+    assert claimed.variables["CI_JOB_TOKEN"] == claimed.job_token
+
+
+def test_a_runner_only_claims_jobs_whose_tags_it_has(make_queued_jobs, db):
+    [gpu_job] = make_queued_jobs(1, tags=["gpu", "linux"])
+    plain = Runner.objects.create(name="plain", tags=["linux"])
+    gpu = Runner.objects.create(name="gpu", tags=["gpu", "linux", "x86"])
+
+    assert job_claim(runner=plain) is None
+    assert job_claim(runner=gpu).id == str(gpu_job.pk)
+
+
+def test_an_untagged_job_runs_on_any_runner(make_queued_jobs, runner):
+    [job] = make_queued_jobs(1)
+    assert job_claim(runner=runner).id == str(job.pk)
+
+
+def test_a_paused_runner_claims_nothing(make_queued_jobs, runner):
+    make_queued_jobs(1)
+    runner.is_paused = True
+    assert job_claim(runner=runner) is None
+
+
+def test_a_claim_returns_the_steps_in_order(make_queued_jobs, runner):
+    make_queued_jobs(1, steps=3)
+    claimed = job_claim(runner=runner)
+    assert [s.command for s in claimed.steps] == ["echo 0", "echo 1", "echo 2"]
+
+
+def test_the_claimed_variables_hold_no_server_secret(make_queued_jobs, runner, settings):
+    make_queued_jobs(1)
+    claimed = job_claim(runner=runner)
+    text = json.dumps(claimed.variables)
+    assert settings.SECRET_KEY not in text
+    assert settings.DATABASES["default"]["NAME"] not in text
+
+
+def test_a_heartbeat_extends_the_lease_only_for_the_holder(make_queued_jobs, runner):
+    make_queued_jobs(1)
+    claimed = job_claim(runner=runner)
+    other = Runner.objects.create(name="other")
+    before = Job.objects.get(pk=claimed.id).lease_expires_at
+
+    job_heartbeat(job_id=claimed.id, runner=runner)
+    assert Job.objects.get(pk=claimed.id).lease_expires_at >= before
+    with pytest.raises(JobNotHeld):
+        job_heartbeat(job_id=claimed.id, runner=other)
+
+
+CLAIMER = """
+import json, os, sys, time
+import django
+os.environ["DJANGO_SETTINGS_MODULE"] = "cicd.settings"
+from django.conf import settings
+django.setup()
+settings.DATABASES["default"]["NAME"] = sys.argv[1]
+from django.db import connection
+connection.settings_dict["NAME"] = sys.argv[1]
+from runners.models import Runner
+from runners.services import job_claim
+from runs.models import Job, JobStatus
+runner = Runner.objects.get(pk=sys.argv[2])
+claimed = []
+idle = 0
+while idle < 3:
+    job = job_claim(runner=runner)
+    if job is None:
+        idle += 1
+        time.sleep(0.05)
+        continue
+    idle = 0
+    claimed.append(job.id)
+    Job.objects.filter(pk=job.id, status=JobStatus.RUNNING).update(status=JobStatus.SUCCESS, lease_expires_at=None)
+print(json.dumps(claimed))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_eight_concurrent_claimer_processes_never_claim_a_job_twice_and_lose_none(make_queued_jobs, tmp_path: Path):
+    jobs = make_queued_jobs(2000)
+    runners = [Runner.objects.create(name=f"claimer-{i}") for i in range(8)]
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIMER, connection.settings_dict["NAME"], str(r.pk)],
+            stdout=subprocess.PIPE,
+            env=env,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        for r in runners
+    ]
+    claimed: list[str] = []
+    for process in processes:
+        out, _ = process.communicate(timeout=300)
+        assert process.returncode == 0
+        claimed.extend(json.loads(out))
+
+    assert len(claimed) == len(set(claimed)), "a job was claimed twice"
+    assert set(claimed) == {str(j.pk) for j in jobs}, "a job was never claimed"
+    assert Job.objects.filter(status=JobStatus.SUCCESS).count() == len(jobs)
+    # Every process did some of the work: the claims really were concurrent.
+    assert sum(1 for p in processes if p.returncode == 0) == 8
