@@ -1,0 +1,1 @@
+"""The pipeline config language: a GitLab-CI-compatible subset (see parser.py)."""

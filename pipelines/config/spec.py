@@ -21,6 +21,8 @@ class ConfigProblem:
     job: str | None = None
     key: str | None = None
     line: int | None = None
+    # The included file the line is in; None for the main config file.
+    file: str | None = None
 
     def __str__(self) -> str:
         where = []
@@ -28,6 +30,8 @@ class ConfigProblem:
             where.append(f"job {self.job!r}")
         if self.key:
             where.append(f"key {self.key!r}")
+        if self.file:
+            where.append(f"file {self.file!r}")
         if self.line:
             where.append(f"line {self.line}")
         prefix = ", ".join(where)
@@ -42,8 +46,10 @@ class ConfigError(Exception):
         super().__init__("; ".join(str(p) for p in problems))
 
     @classmethod
-    def single(cls, message: str, *, job: str | None = None, key: str | None = None) -> ConfigError:
-        return cls([ConfigProblem(message, job=job, key=key)])
+    def single(
+        cls, message: str, *, job: str | None = None, key: str | None = None, line: int | None = None
+    ) -> ConfigError:
+        return cls([ConfigProblem(message, job=job, key=key, line=line)])
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,10 @@ class JobSpec:
     parallel: dict[str, Any] | None = None
     # `deploy:` section (Kubernetes rollout), kept for the runner.
     deploy: dict[str, Any] | None = None
+    # retry: {exit_codes: [..]}: retry only when the script exits with one of these.
+    retry_exit_codes: list[int] = field(default_factory=list)
+    # `coverage: /regex/` as a Python pattern (flags inlined, e.g. "(?i)total: (\d+)%").
+    coverage: str | None = None
 
 
 @dataclass
@@ -98,8 +108,13 @@ class PipelineSpec:
     variables: dict[str, str] = field(default_factory=dict)
     # Keys the parser saw but does not support: reported as warnings, never silently dropped.
     warnings: list[ConfigProblem] = field(default_factory=list)
-    # workflow:rules said no: no run should be created (the reason is kept).
+    # workflow:rules said no: no run should be created (the reason is kept). Also set when
+    # rules/only/except left no job (or only .pre/.post jobs) for this trigger, as GitLab does.
     workflow_skipped: str | None = None
+    # `workflow: name:` (the run's display name; variables are not expanded here).
+    name: str | None = None
+    # `variables: {X: {value, description}}`: what to show in a "run pipeline" form.
+    variable_descriptions: dict[str, str] = field(default_factory=dict)
 
     def job(self, name: str) -> JobSpec:
         for job in self.jobs:
