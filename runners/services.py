@@ -239,12 +239,23 @@ def step_log(*, job_id, step_id, runner: Runner, offset: int, text: str) -> int:
 
 
 def job_complete(*, job_id, runner: Runner, status: str, exit_code: int | None = None, reason: str = "") -> None:
-    """The runner's final report. Fenced: refused unless this runner still holds the job."""
+    """The runner's final report. Fenced: refused unless this runner still holds the job.
+
+    The run row is locked first (inside job_finish), then the job: the same order as every
+    other writer of a run, so concurrent finishes of sibling jobs cannot deadlock."""
     from runs.services import job_finish
 
     if status not in {JobStatus.SUCCESS, JobStatus.FAILURE}:
         raise ValueError(f"a runner reports SUCCESS or FAILURE, not {status!r}")
-    with transaction.atomic():
-        if not _held(job_id=job_id, runner=runner).select_for_update().exists():
-            raise JobNotHeld(f"job {job_id} is not running on this runner")
-        job_finish(job_id=job_id, status=status, exit_code=exit_code, reason=reason)
+    if not job_finish(job_id=job_id, status=status, exit_code=exit_code, reason=reason, runner=runner):
+        raise JobNotHeld(f"job {job_id} is not running on this runner")
+
+
+def job_release(*, job_id, runner: Runner, reason: str = "") -> None:
+    """Hand a job back: the runner is shutting down before it could finish. The attempt ends
+    as a runner system failure and a fresh attempt is queued for another runner."""
+    from runs.services import job_requeue
+
+    reason = reason or f"released by runner {runner.name} (shutting down)"
+    if job_requeue(job_id=job_id, reason=reason, runner=runner) is None:
+        raise JobNotHeld(f"job {job_id} is not running on this runner")
