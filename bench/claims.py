@@ -1,0 +1,180 @@
+"""Queue benchmarks: claim throughput beside the database's own limit, and dispatch latency.
+
+Throughput: the same number of no-op jobs is claimed and completed by the same number of
+concurrent processes, (a) through Conveyor's claim service (the ORM, tag matching, lease,
+job token), (b) by a raw psycopg loop doing `UPDATE ... WHERE id = (SELECT ... FOR UPDATE
+SKIP LOCKED LIMIT 1) RETURNING` + complete: what PostgreSQL itself allows here.
+Dispatch: an idle runner waits on LISTEN; a job is queued; how long until it is claimed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+import uuid
+
+from bench.common import raw_connect, setup_django, summary_ms
+
+RAW_CLAIM = """
+UPDATE runs_job SET status = 'RUNNING', started_at = now(), lease_expires_at = now() + interval '30 seconds'
+WHERE id = (
+    SELECT id FROM runs_job WHERE status = 'QUEUED' ORDER BY queued_at LIMIT 1 FOR UPDATE SKIP LOCKED
+) RETURNING id
+"""
+RAW_COMPLETE = "UPDATE runs_job SET status = 'SUCCESS', finished_at = now(), lease_expires_at = NULL WHERE id = %s"
+
+
+def seed_queue(count: int) -> None:
+    from django.utils import timezone
+
+    from pipelines.models import Pipeline, Repository
+    from runs.models import Job, JobStatus, PipelineRun
+
+    Job.objects.filter(status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).delete()
+    repository, _ = Repository.objects.get_or_create(name="bench", defaults={"clone_url": "/nonexistent"})
+    pipeline, _ = Pipeline.objects.get_or_create(repository=repository, name="bench")
+    number = (PipelineRun.objects.filter(pipeline=pipeline).count() or 0) + 1
+    run = PipelineRun.objects.create(pipeline=pipeline, number=number, status="RUNNING")
+    now = timezone.now()
+    Job.objects.bulk_create(
+        (
+            Job(run=run, name=f"noop-{i}", stage="test", stage_index=0, status=JobStatus.QUEUED, queued_at=now)
+            for i in range(count)
+        ),
+        batch_size=2000,
+    )
+
+
+def _orm_claimer(runner_id: str, ready, go, results) -> None:
+    setup_django()
+    from runners.models import Runner
+    from runners.services import job_claim
+    from runs.models import Job, JobStatus
+
+    runner = Runner.objects.get(pk=runner_id)
+    job_claim(runner=Runner(name="warm-up", tags=["no-such-tag"]))  # connect and warm up before the clock
+    ready.release()
+    go.wait()
+    latencies, claimed = [], 0
+    while True:
+        started = time.perf_counter()
+        job = job_claim(runner=runner)
+        if job is None:
+            break
+        latencies.append(time.perf_counter() - started)
+        Job.objects.filter(pk=job.id, status=JobStatus.RUNNING).update(status=JobStatus.SUCCESS, lease_expires_at=None)
+        claimed += 1
+    results.put((claimed, latencies))
+
+
+def _raw_claimer(_runner_id: str, ready, go, results) -> None:
+    setup_django()
+    conn = raw_connect()
+    ready.release()
+    go.wait()
+    latencies, claimed = [], 0
+    while True:
+        started = time.perf_counter()
+        row = conn.execute(RAW_CLAIM).fetchone()
+        if row is None:
+            break
+        latencies.append(time.perf_counter() - started)
+        conn.execute(RAW_COMPLETE, [row[0]])
+        claimed += 1
+    conn.close()
+    results.put((claimed, latencies))
+
+
+def claim_throughput(*, jobs: int, concurrency: int, target) -> dict[str, object]:
+    from runners.models import Runner
+
+    seed_queue(jobs)
+    runners = [str(Runner.objects.create(name=f"bench-{uuid.uuid4().hex[:6]}").pk) for _ in range(concurrency)]
+    from django.db import connections
+
+    connections.close_all()
+    context = multiprocessing.get_context("spawn")
+    results, ready, go = context.Queue(), context.Semaphore(0), context.Event()
+    processes = [context.Process(target=target, args=(runner_id, ready, go, results)) for runner_id in runners]
+    for process in processes:
+        process.start()
+    for _ in processes:  # the clock starts once every claimer is connected and waiting
+        ready.acquire(timeout=120)
+    started = time.perf_counter()
+    go.set()
+    outcomes = [results.get(timeout=600) for _ in processes]
+    elapsed = time.perf_counter() - started
+    for process in processes:
+        process.join()
+    claimed = sum(count for count, _ in outcomes)
+    latencies = [sample for _, samples in outcomes for sample in samples]
+    from runs.models import Job, JobStatus
+
+    double = claimed - Job.objects.filter(status=JobStatus.SUCCESS, name__startswith="noop-").count()
+    Job.objects.filter(name__startswith="noop-").delete()
+    return {
+        "jobs": jobs,
+        "claimed": claimed,
+        "double_claims": max(0, double),
+        "claims_per_s": round(claimed / elapsed),
+        **summary_ms(latencies),
+    }
+
+
+def dispatch_latency(*, samples: int) -> dict[str, object]:
+    """Queue one job at a time while a real RunnerLoop-style waiter idles on LISTEN."""
+    from django.db import transaction
+    from django.utils import timezone
+
+    from runners.backends import OrmBackend
+    from runners.models import Runner
+    from runners.services import job_claim
+    from runs.models import Job, JobStatus, PipelineRun
+
+    seed_queue(0)
+    run = PipelineRun.objects.order_by("-created_at").first()
+    runner = Runner.objects.create(name=f"bench-idle-{uuid.uuid4().hex[:6]}")
+    backend = OrmBackend(runner=runner)
+    claimed_at: dict[str, float] = {}
+    done = threading.Event()
+
+    def idle_runner() -> None:
+        while not done.is_set():
+            job = job_claim(runner=runner)
+            if job is not None:
+                claimed_at[job.id] = time.perf_counter()
+                Job.objects.filter(pk=job.id).update(status=JobStatus.SUCCESS, lease_expires_at=None)
+                continue
+            backend.wait_for_work(1.0)
+        backend.close_thread()
+
+    thread = threading.Thread(target=idle_runner, daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    latencies = []
+    for i in range(samples):
+        with transaction.atomic():
+            job = Job.objects.create(
+                run=run,
+                name=f"dispatch-{i}",
+                stage="test",
+                stage_index=0,
+                status=JobStatus.QUEUED,
+                queued_at=timezone.now(),
+            )
+            from django.db import connection
+
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_notify('conveyor_jobs', '')")
+        committed = time.perf_counter()
+        deadline = committed + 5
+        while str(job.pk) not in claimed_at and time.perf_counter() < deadline:
+            time.sleep(0.0002)
+        if str(job.pk) in claimed_at:
+            latencies.append(claimed_at[str(job.pk)] - committed)
+        time.sleep(0.01)
+    done.set()
+    thread.join(timeout=5)
+    Job.objects.filter(name__startswith="dispatch-").delete()
+    return {"samples": len(latencies), "lost": samples - len(latencies), **summary_ms(latencies)}
