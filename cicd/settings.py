@@ -104,7 +104,9 @@ CHANNEL_LAYERS = {
     }
 }
 
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+# kombu spells a Redis unix socket redis+socket://, not unix:// as redis-py does.
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL.replace("unix://", "redis+socket://", 1))
+CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True  # a worker killed mid-task leaves the task for another
@@ -175,6 +177,18 @@ CONVEYOR_HEARTBEAT_S = env_float("CONVEYOR_HEARTBEAT_S", 1.0, minimum=0.1)
 CONVEYOR_RUNNER_POLL_S = env_float("CONVEYOR_RUNNER_POLL_S", 5.0, minimum=0.1)
 # Where the shell executor makes job workspaces.
 CONVEYOR_BUILDS_DIR = env_str("CONVEYOR_BUILDS_DIR", str(embedded.var_dir() / "builds"))
+
+# --- Kubernetes executor: one pod per job (runners/executors/kubernetes.py).
+CONVEYOR_K8S_NAMESPACE = env_str("CONVEYOR_K8S_NAMESPACE", "conveyor-jobs")
+# Job pods run under this service account; leave empty for the namespace default (which should have no rights).
+CONVEYOR_K8S_SERVICE_ACCOUNT = env_str("CONVEYOR_K8S_SERVICE_ACCOUNT", "") or None
+# Image of a job that names none.
+CONVEYOR_K8S_DEFAULT_IMAGE = env_str("CONVEYOR_K8S_DEFAULT_IMAGE", "alpine:3")
+# Resource requests/limits of job pods in Kubernetes quantity syntax ("500m", "1Gi"); empty means unset.
+CONVEYOR_K8S_CPU_REQUEST = env_str("CONVEYOR_K8S_CPU_REQUEST", "") or None
+CONVEYOR_K8S_CPU_LIMIT = env_str("CONVEYOR_K8S_CPU_LIMIT", "") or None
+CONVEYOR_K8S_MEMORY_REQUEST = env_str("CONVEYOR_K8S_MEMORY_REQUEST", "") or None
+CONVEYOR_K8S_MEMORY_LIMIT = env_str("CONVEYOR_K8S_MEMORY_LIMIT", "") or None
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

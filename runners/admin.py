@@ -1,0 +1,81 @@
+"""Admin for runners and registration tokens. Token hashes are never shown anywhere."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+
+from runners import services
+from runners.models import RegistrationToken, Runner
+
+
+@admin.register(Runner)
+class RunnerAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "is_online",
+        "tag_list",
+        "executor",
+        "concurrency",
+        "is_paused",
+        "revoked_at",
+        "version",
+        "last_seen_at",
+    )
+    list_filter = ("executor", "is_paused", ("revoked_at", admin.EmptyFieldListFilter))
+    search_fields = ("name", "version")
+    exclude = ("token_hash",)
+    readonly_fields = ("is_online", "version", "last_seen_at", "revoked_at", "registration_token", "created_at")
+    actions = ["revoke"]
+
+    def has_add_permission(self, request) -> bool:
+        # Runners register themselves with a registration token (see "Registration tokens").
+        return False
+
+    @admin.display(boolean=True, description="Online")
+    def is_online(self, runner: Runner) -> bool:
+        return runner.is_online
+
+    @admin.display(description="Tags")
+    def tag_list(self, runner: Runner) -> str:
+        return ", ".join(runner.tags)
+
+    @admin.action(description="Revoke selected runners (their tokens stop working at once)")
+    def revoke(self, request, queryset) -> None:
+        count = 0
+        for runner in queryset:
+            services.runner_revoke(runner=runner)
+            count += 1
+        self.message_user(request, f"{count} runner(s) revoked.", messages.SUCCESS)
+
+
+@admin.register(RegistrationToken)
+class RegistrationTokenAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "tag_list", "uses", "is_usable", "created_by", "created_at", "expires_at", "revoked_at")
+    list_select_related = ("created_by",)
+    search_fields = ("description",)
+    exclude = ("token_hash",)
+    readonly_fields = ("uses", "created_by", "created_at", "revoked_at")
+
+    @admin.display(boolean=True, description="Usable")
+    def is_usable(self, token: RegistrationToken) -> bool:
+        return token.is_usable
+
+    @admin.display(description="Tags")
+    def tag_list(self, token: RegistrationToken) -> str:
+        return ", ".join(token.tags)
+
+    def save_model(self, request, obj: RegistrationToken, form, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        # New tokens come from the service, which stores only the hash: the token is shown this once.
+        row, token = services.registration_token_create(
+            description=obj.description, tags=obj.tags, user=request.user, expires_at=obj.expires_at
+        )
+        obj.pk, obj.token_hash, obj.created_at, obj.created_by = row.pk, row.token_hash, row.created_at, row.created_by
+        obj._state.adding, obj._state.db = False, row._state.db
+        self.message_user(
+            request,
+            f"Registration token (copy it now, it is not shown again): {token}",
+            messages.WARNING,
+        )
