@@ -26,17 +26,24 @@ def setup_django(db_name: str = BENCH_DB) -> None:
         setup_django.done = True
 
 
+def server_params(*, dbname: str | None = None) -> dict:
+    """psycopg connection parameters for the server the benchmarks run on (another database on it if named)."""
+    setup_django()
+    from runners.backends import listen_params
+
+    params = listen_params()
+    if dbname:
+        params["dbname"] = dbname
+    return params
+
+
 def ensure_database() -> None:
     """Create and migrate the benchmark database."""
     import psycopg
     from django.conf import settings
     from django.core.management import call_command
 
-    from runners.backends import listen_params
-
-    params = listen_params()
-    params["dbname"] = "postgres"
-    with psycopg.connect(autocommit=True, **params) as conn:
+    with psycopg.connect(autocommit=True, **server_params(dbname="postgres")) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DB]).fetchone()
         if not exists:
             conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
@@ -47,9 +54,7 @@ def ensure_database() -> None:
 def raw_connect():
     import psycopg
 
-    from runners.backends import listen_params
-
-    return psycopg.connect(autocommit=True, **listen_params())
+    return psycopg.connect(autocommit=True, **server_params())
 
 
 def percentile(values: Sequence[float], p: float) -> float:

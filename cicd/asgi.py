@@ -12,10 +12,12 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from cicd.routing import websocket_urlpatterns  # noqa: E402
+from pipelines.asgi import WebhookBodyLimit  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Webhook bodies over CONVEYOR_WEBHOOK_MAX_BYTES get 413 before Django buffers them.
+        "http": WebhookBodyLimit(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

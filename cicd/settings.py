@@ -175,6 +175,9 @@ CONVEYOR_JOB_TIMEOUT_S = env_int("CONVEYOR_JOB_TIMEOUT_S", 3600, minimum=1)
 CONVEYOR_HEARTBEAT_S = env_float("CONVEYOR_HEARTBEAT_S", 1.0, minimum=0.1)
 # Idle runners wait on LISTEN/NOTIFY; this poll is only the fallback.
 CONVEYOR_RUNNER_POLL_S = env_float("CONVEYOR_RUNNER_POLL_S", 5.0, minimum=0.1)
+# Fair share between runs: a run's k-th queued-or-running job queues k times this many
+# seconds behind its first, so jobs of other runs queued meanwhile are claimed in between.
+CONVEYOR_FAIR_SHARE_STEP_S = env_float("CONVEYOR_FAIR_SHARE_STEP_S", 10.0, minimum=0.0)
 # Where the shell executor makes job workspaces.
 CONVEYOR_BUILDS_DIR = env_str("CONVEYOR_BUILDS_DIR", str(embedded.var_dir() / "builds"))
 
@@ -194,7 +197,6 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
-LOGIN_URL = "admin:login"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -214,4 +216,161 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+}
+
+# --- Logs.
+# A job's log past this many bytes keeps its head and its last CONVEYOR_LOG_TAIL_BYTES, with a
+# truncation notice in between; the job itself goes on unaffected.
+CONVEYOR_MAX_LOG_BYTES_PER_JOB = env_int("CONVEYOR_MAX_LOG_BYTES_PER_JOB", 100 * 1024 * 1024, minimum=64 * 1024)
+CONVEYOR_LOG_TAIL_BYTES = env_int("CONVEYOR_LOG_TAIL_BYTES", 1024 * 1024, minimum=1024)
+if CONVEYOR_LOG_TAIL_BYTES >= CONVEYOR_MAX_LOG_BYTES_PER_JOB:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("CONVEYOR_LOG_TAIL_BYTES must be smaller than CONVEYOR_MAX_LOG_BYTES_PER_JOB")
+# Longest wait for Redis when a stored chunk is published to live viewers; past it the chunk
+# is only in the database (viewers fetch it from there).
+CONVEYOR_LOG_PUBLISH_TIMEOUT_S = env_float("CONVEYOR_LOG_PUBLISH_TIMEOUT_S", 2.0, minimum=0.05)
+# A live viewer that has heard nothing for this long re-reads the database (missed events,
+# a Redis restart, the last chunk of a step): the bound on how stale a viewer can get.
+CONVEYOR_LOG_VIEWER_BACKSTOP_S = env_float("CONVEYOR_LOG_VIEWER_BACKSTOP_S", 5.0, minimum=0.05)
+# A finished step's log is rendered on the server up to this many bytes (its tail beyond that).
+CONVEYOR_LOG_RENDER_MAX_BYTES = env_int("CONVEYOR_LOG_RENDER_MAX_BYTES", 2 * 1024 * 1024, minimum=1024)
+
+# --- Webhooks and triggers (pipelines/: webhooks, schedules, API runs, commit statuses).
+# Largest webhook body accepted: a bigger one gets 413, and no more than this is read.
+CONVEYOR_WEBHOOK_MAX_BYTES = env_int("CONVEYOR_WEBHOOK_MAX_BYTES", 5 * 1024 * 1024, minimum=1024)
+# Processed deliveries are kept this long (the admin; recognizing redeliveries, which GitHub
+# allows for up to 7 days), then deleted by a daily task.
+CONVEYOR_WEBHOOK_RETENTION_DAYS = env_int("CONVEYOR_WEBHOOK_RETENTION_DAYS", 30, minimum=7)
+# How often beat looks for due cron schedules (cron has minute resolution).
+CONVEYOR_SCHEDULE_INTERVAL_S = env_int("CONVEYOR_SCHEDULE_INTERVAL_S", 20, minimum=1)
+# Commit statuses posted to GitHub/GitLab: timeout of one call, retries of transient failures
+# (with exponential backoff), and the period of the sweep that catches missed changes.
+CONVEYOR_COMMIT_STATUS_TIMEOUT_S = env_float("CONVEYOR_COMMIT_STATUS_TIMEOUT_S", 10.0, minimum=0.1)
+CONVEYOR_COMMIT_STATUS_MAX_RETRIES = env_int("CONVEYOR_COMMIT_STATUS_MAX_RETRIES", 8, minimum=0)
+CONVEYOR_COMMIT_STATUS_SWEEP_S = env_int("CONVEYOR_COMMIT_STATUS_SWEEP_S", 15, minimum=1)
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "pipelines-schedules": {
+            "task": "pipelines.tasks.run_due_schedules",
+            "schedule": timedelta(seconds=CONVEYOR_SCHEDULE_INTERVAL_S),
+        },
+        "pipelines-resend-stuck-deliveries": {
+            "task": "pipelines.tasks.resend_stuck_deliveries",
+            "schedule": timedelta(seconds=60),
+        },
+        "pipelines-prune-deliveries": {"task": "pipelines.tasks.prune_deliveries", "schedule": timedelta(days=1)},
+        "pipelines-commit-statuses": {
+            "task": "pipelines.tasks.sweep_commit_statuses",
+            "schedule": timedelta(seconds=CONVEYOR_COMMIT_STATUS_SWEEP_S),
+        },
+    }
+)
+
+# --- Deployments and notifications.
+# Period of the beat sweep that lets held deploys go when a deploy freeze ends or an approval
+# expires, finishes deployments whose job ended unnoticed and resends lost notifications.
+CONVEYOR_DEPLOY_SWEEP_S = env_int("CONVEYOR_DEPLOY_SWEEP_S", 15, minimum=1)
+# Slack and e-mail notifications: timeout of one Slack call, and retries (exponential backoff,
+# 5 s doubling up to 5 min) of a message that failed transiently before it is recorded FAILED.
+CONVEYOR_NOTIFY_TIMEOUT_S = env_float("CONVEYOR_NOTIFY_TIMEOUT_S", 10.0, minimum=0.1)
+CONVEYOR_NOTIFY_MAX_RETRIES = env_int("CONVEYOR_NOTIFY_MAX_RETRIES", 5, minimum=0)
+# The kubeconfig file a runner's `deploy:` jobs use (its `context:` picks a context in it).
+# Empty: the in-cluster service account (a runner pod), else $KUBECONFIG or ~/.kube/config.
+CONVEYOR_DEPLOY_KUBECONFIG = env_str("CONVEYOR_DEPLOY_KUBECONFIG", "")
+CELERY_BEAT_SCHEDULE["runs-deployments-sweep"] = {
+    "task": "runs.tasks.sweep_deployments",
+    "schedule": timedelta(seconds=CONVEYOR_DEPLOY_SWEEP_S),
+}
+
+# --- Dashboard and REST API (issue 8: runs/views.py, cicd/api.py, pipelines/permissions.py).
+# People log in on Conveyor's own page (the admin's login admits staff only).
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login/"
+INSTALLED_APPS += ["drf_spectacular"]
+# Swagger UI's files from a package, served like any static file: the API docs page loads
+# nothing from a CDN. Without the package the docs page falls back to the browsable API.
+try:
+    import drf_spectacular_sidecar  # noqa: F401
+
+    INSTALLED_APPS += ["drf_spectacular_sidecar"]
+    CONVEYOR_API_DOCS_ASSETS = True
+except ImportError:
+    CONVEYOR_API_DOCS_ASSETS = False
+REST_FRAMEWORK.update(
+    {
+        "DEFAULT_AUTHENTICATION_CLASSES": [
+            # Personal API tokens (Authorization: Bearer cvp_...), stored hashed.
+            "pipelines.api_tokens.ApiTokenAuthentication",
+            "rest_framework.authentication.SessionAuthentication",
+        ],
+        "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+        "DEFAULT_PAGINATION_CLASS": "cicd.api_base.Pagination",
+        "PAGE_SIZE": 50,
+        "EXCEPTION_HANDLER": "cicd.api_base.exception_handler",
+    }
+)
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Conveyor API",
+    "DESCRIPTION": "Repositories, pipelines, runs, jobs, logs, artifacts, runners and deployments of Conveyor.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "RunStatusEnum": "runs.models.RunStatus",
+        "JobStatusEnum": "runs.models.JobStatus",
+        "StepStatusEnum": "runs.models.StepStatus",
+        "DeploymentStatusEnum": "runs.models.DeploymentStatus",
+    },
+}
+
+# --- Artifacts (artifacts/ on the server, runners/artifacts.py on runners; README: Artifacts).
+# Storage is STORAGES["artifacts"] above: the file system, or S3 with ARTIFACTS_S3_BUCKET.
+# Retention of an artifact whose job sets no `artifacts: expire_in`: runs of the repository's
+# default branch keep theirs longer than feature branches, tags and merge requests.
+CONVEYOR_ARTIFACTS_EXPIRE_DAYS = env_int("CONVEYOR_ARTIFACTS_EXPIRE_DAYS", 30, minimum=1)
+CONVEYOR_ARTIFACTS_EXPIRE_DAYS_DEFAULT_BRANCH = env_int("CONVEYOR_ARTIFACTS_EXPIRE_DAYS_DEFAULT_BRANCH", 90, minimum=1)
+# Never delete the artifacts of each pipeline's latest successful run of the default branch,
+# expired or not (GitLab's "keep artifacts from most recent successful jobs").
+CONVEYOR_ARTIFACTS_KEEP_LATEST = env_bool("CONVEYOR_ARTIFACTS_KEEP_LATEST", True)
+# Largest archive a job may upload (5 GiB: also the most one S3 PUT takes).
+CONVEYOR_ARTIFACTS_MAX_BYTES = env_int("CONVEYOR_ARTIFACTS_MAX_BYTES", 5 * 1024**3, minimum=1024)
+# A runner unpacks at most this many bytes from one archive of a job's dependencies (zip bombs).
+CONVEYOR_ARTIFACTS_MAX_UNPACKED_BYTES = env_int("CONVEYOR_ARTIFACTS_MAX_UNPACKED_BYTES", 20 * 1024**3, minimum=1024)
+# A test report archive bigger than this is stored but not parsed.
+CONVEYOR_ARTIFACTS_MAX_REPORT_BYTES = env_int("CONVEYOR_ARTIFACTS_MAX_REPORT_BYTES", 50 * 1024**2, minimum=1024)
+# Lifetime of presigned S3 URLs (runner uploads and downloads, browser downloads).
+CONVEYOR_ARTIFACTS_PRESIGN_S = env_int("CONVEYOR_ARTIFACTS_PRESIGN_S", 3600, minimum=60)
+# An upload still unfinished after this long was abandoned: the cleanup deletes it.
+CONVEYOR_ARTIFACTS_PENDING_HOURS = env_int("CONVEYOR_ARTIFACTS_PENDING_HOURS", 24, minimum=1)
+# Rows the nightly cleanup claims per transaction, and the hour (UTC) it runs at.
+CONVEYOR_ARTIFACTS_CLEANUP_BATCH = env_int("CONVEYOR_ARTIFACTS_CLEANUP_BATCH", 500, minimum=1)
+CONVEYOR_ARTIFACTS_CLEANUP_HOUR = env_int("CONVEYOR_ARTIFACTS_CLEANUP_HOUR", 3, minimum=0)
+if CONVEYOR_ARTIFACTS_CLEANUP_HOUR > 23:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("CONVEYOR_ARTIFACTS_CLEANUP_HOUR must be an hour of the day, 0 to 23")
+if ARTIFACTS_S3_BUCKET:
+    from boto3.s3.transfer import TransferConfig
+
+    # Presigned URLs signed with SigV4 (what every region takes); archives stored as what
+    # they are, without the Content-Encoding: gzip that guessing from ".tar.gz" would add
+    # (clients would then unpack them on the fly).
+    STORAGES["artifacts"]["OPTIONS"]["signature_version"] = "s3v4"
+    STORAGES["artifacts"]["OPTIONS"]["object_parameters"] = {"ContentType": "application/gzip"}
+
+    # Multipart uploads by the web process and trusted runners hold about chunk size x
+    # concurrency in memory, whatever the artifact's size.
+    STORAGES["artifacts"]["OPTIONS"]["transfer_config"] = TransferConfig(
+        multipart_threshold=16 * 1024**2, multipart_chunksize=16 * 1024**2, max_concurrency=4
+    )
+from celery.schedules import crontab  # noqa: E402
+
+CELERY_BEAT_SCHEDULE["artifacts-cleanup"] = {
+    "task": "artifacts.tasks.cleanup_expired",
+    "schedule": crontab(hour=CONVEYOR_ARTIFACTS_CLEANUP_HOUR, minute=17),
 }

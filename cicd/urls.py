@@ -13,6 +13,17 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("api/runner/", include("runners.urls")),
+    # Artifact uploads/downloads of the runner API (/api/runner/jobs/<id>/artifacts...) and
+    # downloads for people (/artifacts/<id>/download).
+    path("", include("artifacts.urls")),
+    path("logs/", include("logs.urls")),
+    # Decisions on deployments (/deployments/<id>/approve|reject|override-freeze|redeploy/).
+    path("", include("runs.urls")),
+    # Webhooks (/webhooks/github|gitlab|generic/) and pipeline triggers (/api/pipelines/<id>/trigger/).
+    path("", include("pipelines.urls")),
+    # The dashboard's pages (/runs/, /jobs/, /repositories/, /badges/, /login/, ...) and the REST API.
+    path("", include("runs.page_urls")),
+    path("api/v1/", include("cicd.api")),
 ]
 
 # `make run` has no web server in front of uvicorn, so the collected static files (admin CSS,

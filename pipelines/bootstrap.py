@@ -144,6 +144,8 @@ def admin_account_ensure(*, var_dir: Path) -> AdminAccount:
 @transaction.atomic
 def demo_pipeline_ensure(*, repo_path: Path) -> tuple[Repository, Pipeline, bool]:
     """Register the demo repository and its pipeline (by name; an existing row is left as is)."""
+    from runs.models import Environment
+
     repository, _ = Repository.objects.get_or_create(
         name=DEMO_REPOSITORY_NAME,
         defaults={"clone_url": str(repo_path.resolve()), "default_branch": DEMO_BRANCH, "is_private": False},
@@ -152,6 +154,13 @@ def demo_pipeline_ensure(*, repo_path: Path) -> tuple[Repository, Pipeline, bool
         repository=repository,
         name=DEMO_PIPELINE_NAME,
         defaults={"config_path": DEMO_CONFIG_PATH, "trigger": Trigger.PUSH},
+    )
+    # Production is protected: its deploy waits for an approval (admin: Deployments). The demo
+    # has one user, who also triggered the run, so self-approval is allowed here.
+    Environment.objects.get_or_create(
+        repository=repository,
+        name="production",
+        defaults={"protected": True, "required_approvals": 1, "allow_self_approval": True},
     )
     return repository, pipeline, created
 

@@ -87,10 +87,17 @@ def validate_ref(ref: str) -> str:
     return ref
 
 
-def mirror_fetch(*, repository_id: int, clone_url: str) -> Path:
-    """Create or refresh the bare mirror of a repository; returns its path."""
+def mirror_fetch(*, repository_id: int, clone_url: str, extra_refs: tuple[str, ...] = ()) -> Path:
+    """Create or refresh the bare mirror of a repository; returns its path.
+
+    `extra_refs` are full ref names fetched too, if the server has them (a pull request's
+    head ref, `refs/pull/N/head`, holds the commits of a pull request from a fork).
+    """
     if clone_url.startswith("-"):
         raise GitError(f"invalid clone URL {clone_url!r}")
+    for ref in extra_refs:
+        if not ref.startswith("refs/") or run_git("check-ref-format", ref, check=False).returncode != 0:
+            raise GitError(f"invalid ref {ref!r}")
     path = mirror_path(repository_id)
     with _mirror_lock(path):
         if not (path / "HEAD").exists():
@@ -108,6 +115,9 @@ def mirror_fetch(*, repository_id: int, clone_url: str) -> Path:
             "+refs/heads/*:refs/heads/*",
             "+refs/tags/*:refs/tags/*",
         )
+        for ref in extra_refs:
+            # Best effort: not every server keeps such refs, and the commit may be on a branch anyway.
+            run_git("-C", str(path), "fetch", "--quiet", "--force", "--no-tags", "origin", f"+{ref}:{ref}", check=False)
     return path
 
 

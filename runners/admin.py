@@ -3,9 +3,34 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.db.models import Count, Q
 
 from runners import services
 from runners.models import RegistrationToken, Runner
+from runs.models import Job, JobStatus
+
+
+class CurrentJobInline(admin.TabularInline):
+    """The jobs the runner is running now (served by job_runner_running_idx)."""
+
+    model = Job
+    fk_name = "runner"
+    verbose_name = "current job"
+    verbose_name_plural = "current jobs"
+    fields = ("name", "run", "attempt", "started_at", "lease_expires_at")
+    readonly_fields = fields
+    can_delete = False
+    extra = 0
+    show_change_link = True
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(status=JobStatus.RUNNING).select_related("run__pipeline")
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
 
 
 @admin.register(Runner)
@@ -13,6 +38,7 @@ class RunnerAdmin(admin.ModelAdmin):
     list_display = (
         "name",
         "is_online",
+        "running_jobs",
         "tag_list",
         "executor",
         "concurrency",
@@ -25,11 +51,34 @@ class RunnerAdmin(admin.ModelAdmin):
     search_fields = ("name", "version")
     exclude = ("token_hash",)
     readonly_fields = ("is_online", "version", "last_seen_at", "revoked_at", "registration_token", "created_at")
-    actions = ["revoke"]
+    actions = ["pause", "resume", "revoke"]
+    inlines = [CurrentJobInline]
+
+    def get_queryset(self, request):
+        # One aggregate in the list query, not one count per row.
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(running_count=Count("jobs", filter=Q(jobs__status=JobStatus.RUNNING)))
+        )
 
     def has_add_permission(self, request) -> bool:
         # Runners register themselves with a registration token (see "Registration tokens").
         return False
+
+    @admin.display(description="Running jobs", ordering="running_count")
+    def running_jobs(self, runner: Runner) -> int:
+        return runner.running_count
+
+    @admin.action(description="Pause selected runners (they finish their jobs but claim no new ones)")
+    def pause(self, request, queryset) -> None:
+        count = services.runners_set_paused(runners=queryset, paused=True)
+        self.message_user(request, f"{count} runner(s) paused.", messages.SUCCESS)
+
+    @admin.action(description="Resume selected runners")
+    def resume(self, request, queryset) -> None:
+        count = services.runners_set_paused(runners=queryset, paused=False)
+        self.message_user(request, f"{count} runner(s) resumed.", messages.SUCCESS)
 
     @admin.display(boolean=True, description="Online")
     def is_online(self, runner: Runner) -> bool:

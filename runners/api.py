@@ -23,10 +23,13 @@ from django.views.decorators.http import require_POST
 from logs.services import LogGap
 from runners import services
 from runners.models import Executor, Runner
-from runners.services import JobNotHeld, RunnerAuthError
+from runners.services import JobNotHeld, RunnerAuthError, StepNotFound
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_LONG_POLL_S = 30.0
+# Exit codes are stored in a 32-bit integer column; concurrency in a small one.
+EXIT_CODE_RANGE = range(-(2**31), 2**31)
+CONCURRENCY_RANGE = range(1, 2**15)
 
 
 class BadRequest(Exception):
@@ -68,7 +71,17 @@ def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], defau
     if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
         names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
         raise BadRequest(f"field {name!r} must be {names}")
+    # PostgreSQL text cannot hold NUL: refuse it here rather than fail in the database.
+    if isinstance(value, str) and "\x00" in value:
+        raise BadRequest(f"field {name!r} must not contain NUL characters")
     return value
+
+
+def _exit_code(data: dict[str, Any]) -> int | None:
+    exit_code = _field(data, "exit_code", (int, type(None)), None)
+    if exit_code is not None and exit_code not in EXIT_CODE_RANGE:
+        raise BadRequest("field 'exit_code' must be a 32-bit integer")
+    return exit_code
 
 
 def runner_endpoint(view: Callable) -> Callable:
@@ -87,6 +100,8 @@ def runner_endpoint(view: Callable) -> Callable:
             return _error(400, str(exc))
         except JobNotHeld as exc:
             return _error(409, str(exc), code="job_not_held")
+        except StepNotFound as exc:
+            return _error(404, str(exc))
         except LogGap as exc:
             return _error(409, str(exc), code="log_gap", expected_offset=exc.expected)
 
@@ -99,16 +114,22 @@ def register(request: HttpRequest) -> JsonResponse:
     try:
         data = _json_body(request)
         tags = _field(data, "tags", list, [])
-        if not all(isinstance(t, str) and 0 < len(t) <= 100 for t in tags):
+        if not all(isinstance(t, str) and 0 < len(t) <= 100 and "\x00" not in t for t in tags):
             raise BadRequest("tags must be non-empty strings of at most 100 characters")
         executor = _field(data, "executor", str, Executor.SHELL)
         if executor not in Executor.values:
             raise BadRequest(f"executor must be one of {', '.join(Executor.values)}")
+        name = _field(data, "name", str).strip()
+        if not name:
+            raise BadRequest("field 'name' must not be empty")
+        concurrency = _field(data, "concurrency", int, 1)
+        if concurrency not in CONCURRENCY_RANGE:
+            raise BadRequest(f"field 'concurrency' must be between 1 and {CONCURRENCY_RANGE[-1]}")
         runner, token = services.runner_register(
             registration_token=_field(data, "registration_token", str),
-            name=_field(data, "name", str),
+            name=name,
             tags=tags,
-            concurrency=_field(data, "concurrency", int, 1),
+            concurrency=concurrency,
             executor=executor,
             version=_field(data, "version", str, ""),
         )
@@ -188,7 +209,7 @@ def step_start(request: HttpRequest, runner: Runner, data: dict, job_id, step_id
 
 @runner_endpoint
 def step_finish(request: HttpRequest, runner: Runner, data: dict, job_id, step_id) -> JsonResponse:
-    exit_code = _field(data, "exit_code", (int, type(None)), None)
+    exit_code = _exit_code(data)
     try:
         services.step_finish(
             job_id=job_id, step_id=step_id, runner=runner, status=_field(data, "status", str), exit_code=exit_code
@@ -198,20 +219,44 @@ def step_finish(request: HttpRequest, runner: Runner, data: dict, job_id, step_i
     return JsonResponse({})
 
 
-@runner_endpoint
-def step_log(request: HttpRequest, runner: Runner, data: dict, job_id, step_id) -> JsonResponse:
-    offset = _field(data, "offset", int)
-    if offset < 0:
-        raise BadRequest("offset must be >= 0")
-    next_offset = services.step_log(
-        job_id=job_id, step_id=step_id, runner=runner, offset=offset, text=_field(data, "content", str)
-    )
+@csrf_exempt
+@require_POST
+def step_log(request: HttpRequest, job_id, step_id) -> JsonResponse:
+    """Append a chunk to a step's log: {"offset": <UTF-8 byte offset>, "content": "..."}.
+
+    Authenticated like every job call by the token of the runner holding the job, or by the
+    job's own token (CI_JOB_TOKEN), which is good for this job's steps only while it runs.
+    Answers {"next_offset": N}: for a new chunk and for a resent one alike. A gap or an
+    overlap is a 409 with code "log_gap" and "expected_offset": where to resend from.
+    """
+    token = _bearer(request)
+    try:
+        auth: dict[str, Any] = {"job_token": token}
+        if not token.startswith(services.JOB_TOKEN_PREFIX):
+            auth = {"runner": services.runner_authenticate(token=token)}
+        data = _json_body(request)
+        offset = _field(data, "offset", int)
+        if offset < 0:
+            raise BadRequest("offset must be >= 0")
+        next_offset = services.step_log(
+            job_id=job_id, step_id=step_id, offset=offset, text=_field(data, "content", str), **auth
+        )
+    except RunnerAuthError as exc:
+        return _error(401, str(exc))
+    except (BadRequest, ValueError) as exc:
+        return _error(400, str(exc))
+    except JobNotHeld as exc:
+        return _error(409, str(exc), code="job_not_held")
+    except StepNotFound as exc:
+        return _error(404, str(exc))
+    except LogGap as exc:
+        return _error(409, str(exc), code="log_gap", expected_offset=exc.expected)
     return JsonResponse({"next_offset": next_offset})
 
 
 @runner_endpoint
 def finish(request: HttpRequest, runner: Runner, data: dict, job_id) -> JsonResponse:
-    exit_code = _field(data, "exit_code", (int, type(None)), None)
+    exit_code = _exit_code(data)
     try:
         services.job_complete(
             job_id=job_id,

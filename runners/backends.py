@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import psycopg
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
 from logs.services import LogGap
 from runners import services
@@ -45,10 +46,28 @@ class OrmBackend:
         self.runner = runner
         self._listener: psycopg.Connection | None = None
 
+    @property
+    def artifacts(self):
+        """Artifact transfers of this runner's jobs, straight to storage (runners.artifacts)."""
+        from runners.artifacts import OrmArtifacts
+
+        return OrmArtifacts(self.runner)
+
+    def _db(self, call, *args, **kwargs):
+        """Run a service call. A broken connection (the database restarted, a proxy or an admin
+        dropped it) is closed so that this thread's next call connects afresh: Django would
+        otherwise keep failing on it. The error still goes up, for the caller to retry."""
+        try:
+            return call(*args, **kwargs)
+        except (OperationalError, InterfaceError):
+            with contextlib.suppress(Exception):
+                connection.close()
+            raise
+
     def claim(self) -> ClaimedJob | None:
         close_old_connections()
-        self.runner.refresh_from_db(fields=["is_paused", "revoked_at", "tags"])
-        return services.job_claim(runner=self.runner)
+        self._db(self.runner.refresh_from_db, fields=["is_paused", "revoked_at", "tags"])
+        return self._db(services.job_claim, runner=self.runner)
 
     def wait_for_work(self, timeout: float) -> None:
         try:
@@ -66,7 +85,7 @@ class OrmBackend:
 
     def heartbeat(self, job: ClaimedJob) -> bool:
         try:
-            services.job_heartbeat(job_id=job.id, runner=self.runner)
+            self._db(services.job_heartbeat, job_id=job.id, runner=self.runner)
         except JobNotHeld:
             return False
         return True
@@ -74,17 +93,25 @@ class OrmBackend:
     def _report(self, call, *args, **kwargs) -> None:
         # A refused report means the job was cancelled or taken away: the heartbeat stops it.
         try:
-            call(*args, runner=self.runner, **kwargs)
+            self._db(call, *args, runner=self.runner, **kwargs)
         except JobNotHeld as exc:
             logger.info("report ignored: %s", exc)
-        except LogGap as exc:
-            logger.warning("log chunk refused: %s", exc)
 
     def step_started(self, job: ClaimedJob, step: ClaimedStep) -> None:
         self._report(services.step_start, job_id=job.id, step_id=step.id)
 
-    def step_log(self, job: ClaimedJob, step: ClaimedStep, offset: int, text: str) -> None:
-        self._report(services.step_log, job_id=job.id, step_id=step.id, offset=offset, text=text)
+    def step_log(self, job: ClaimedJob, step: ClaimedStep, offset: int, text: str) -> int | None:
+        """Returns the offset the server expects next (LogStream resends from there on a gap)."""
+        try:
+            return self._db(
+                services.step_log, job_id=job.id, step_id=step.id, runner=self.runner, offset=offset, text=text
+            )
+        except JobNotHeld as exc:
+            logger.info("log chunk ignored: %s", exc)
+            return None
+        except LogGap as exc:
+            logger.info("log chunk at %s out of order; the server expects %s", offset, exc.expected)
+            return exc.expected
 
     def step_finished(self, job: ClaimedJob, step: ClaimedStep, *, status: str, exit_code: int | None) -> None:
         self._report(services.step_finish, job_id=job.id, step_id=step.id, status=status, exit_code=exit_code)

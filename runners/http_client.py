@@ -21,6 +21,10 @@ class RunnerApiError(Exception):
     pass
 
 
+class RunnerTokenRefused(RunnerApiError):
+    """The server no longer accepts this runner's token (revoked, or never valid): retrying cannot help."""
+
+
 class RunnerApiClient:
     def __init__(self, url: str, token: str = ""):
         self.base = url.rstrip("/") + "/api/runner/"
@@ -37,10 +41,25 @@ class RunnerApiClient:
             self._local.session = session
         return self._local.session
 
-    def post(self, path: str, body: dict[str, Any] | None = None, *, timeout=_TIMEOUT) -> requests.Response:
-        response = self.session.post(self.base + path, json=body or {}, timeout=timeout)
+    def post(
+        self, path: str, body: dict[str, Any] | None = None, *, timeout=_TIMEOUT, token: str | None = None
+    ) -> requests.Response:
+        # `token` replaces the runner token for this call (a job's own token, for its log).
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        response = self.session.post(self.base + path, json=body or {}, timeout=timeout, headers=headers)
         if response.status_code >= 500:
             # Treated like a dropped connection: the caller retries with backoff.
+            raise requests.ConnectionError(f"server error {response.status_code} on {path}")
+        return response
+
+    def request(self, method: str, path: str, *, token: str | None = None, **kwargs: Any) -> requests.Response:
+        """Any call of the runner API (artifact transfers: PUT bodies, streamed GETs); `token`
+        as in post(). A 5xx is raised as a dropped connection, for the caller to retry."""
+        headers = {**({"Authorization": f"Bearer {token}"} if token else {}), **kwargs.pop("headers", {})}
+        kwargs.setdefault("timeout", _TIMEOUT)
+        response = self.session.request(method, self.base + path, headers=headers, **kwargs)
+        if response.status_code >= 500:
+            response.close()
             raise requests.ConnectionError(f"server error {response.status_code} on {path}")
         return response
 
@@ -83,9 +102,16 @@ class HttpBackend:
         self.client = RunnerApiClient(url, token)
         self._pending: ClaimedJob | None = None
 
+    @property
+    def artifacts(self):
+        """Artifact transfers of this runner's jobs (runners.artifacts)."""
+        from runners.artifacts import HttpArtifacts
+
+        return HttpArtifacts(self.client)
+
     def _check(self, response: requests.Response, what: str) -> None:
         if response.status_code == 401:
-            raise RunnerApiError(f"{what}: the runner token was refused")
+            raise RunnerTokenRefused(f"{what}: the runner token was refused")
         if response.status_code >= 400:
             raise RunnerApiError(f"{what} refused ({response.status_code}): {_detail(response)}")
 
@@ -129,14 +155,22 @@ class HttpBackend:
         if response is not None:
             self._check(response, "step start")
 
-    def step_log(self, job: ClaimedJob, step: ClaimedStep, offset: int, text: str) -> None:
-        response = self._job_call(
-            f"jobs/{job.id}/steps/{step.id}/log", {"offset": offset, "content": text}, "log chunk"
+    def step_log(self, job: ClaimedJob, step: ClaimedStep, offset: int, text: str) -> int | None:
+        """Ship a chunk with the job's own token (it can do nothing but report on this job).
+        Returns the offset the server expects next: the chunk's end, or on a gap or overlap
+        (409 log_gap) the offset LogStream resends from. None once the job is no longer ours."""
+        response = self.client.post(
+            f"jobs/{job.id}/steps/{step.id}/log", {"offset": offset, "content": text}, token=job.job_token or None
         )
-        if response is not None and response.status_code == 409:
-            logger.warning("log chunk at %s refused: %s", offset, _detail(response))
-        elif response is not None:
-            self._check(response, "log chunk")
+        if response.status_code == 409:
+            body = response.json()
+            if body.get("code") == "log_gap":
+                logger.info("log chunk at %s out of order; the server expects %s", offset, body["expected_offset"])
+                return int(body["expected_offset"])
+            logger.info("log chunk ignored: %s", _detail(response))
+            return None
+        self._check(response, "log chunk")
+        return int(response.json()["next_offset"])
 
     def step_finished(self, job: ClaimedJob, step: ClaimedStep, *, status: str, exit_code: int | None) -> None:
         response = self._job_call(

@@ -9,18 +9,21 @@ the job is still RUNNING.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from cicd.tokens import token_generate, token_hash
+from logs.services import step_status_publish
+from pipelines.models import Pipeline, Repository
 from runners.models import Executor, RegistrationToken, Runner
-from runs.models import Job, JobStatus, Step, StepStatus
+from runs.models import Job, JobStatus, PipelineRun, Step, StepStatus
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,10 @@ class RunnerAuthError(Exception):
 
 class JobNotHeld(Exception):
     """A report for a job the runner no longer holds (finished, cancelled, lease lost, another runner)."""
+
+
+class StepNotFound(Exception):
+    """A report names a step that is not one of the job's."""
 
 
 def registration_token_create(
@@ -96,6 +103,11 @@ def runner_revoke(*, runner: Runner) -> None:
     Runner.objects.filter(pk=runner.pk).update(revoked_at=timezone.now(), token_hash=None)
 
 
+def runners_set_paused(*, runners, paused: bool) -> int:
+    """Pause (or resume) runners: a paused runner finishes what it runs but claims nothing new."""
+    return Runner.objects.filter(pk__in=[r.pk for r in runners]).exclude(is_paused=paused).update(is_paused=paused)
+
+
 def runner_touch(*, runner: Runner, version: str | None = None) -> None:
     now = timezone.now()
     # Writing last_seen on every claim would make the runner row a hot spot; once per 10 s is plenty.
@@ -140,45 +152,89 @@ def _lease() -> timedelta:
     return timedelta(seconds=settings.CONVEYOR_JOB_LEASE_S)
 
 
+# The claim, as ONE statement (one round trip, no transaction held open by Python): lock
+# the first QUEUED job in queue_key order whose tags the runner has, skipping rows other
+# claimers hold (what select_for_update(skip_locked=True) issues, served by the partial
+# index job_queue_idx), mark it RUNNING with a lease and the hash of a fresh job token, and
+# return what the runner needs with the job's steps. Hot path: the Django ORM costs 5 round
+# trips and ~1 ms of query compilation here, several times the statement itself (bench/).
+_CLAIM_SQL = f"""
+WITH candidate AS (
+    SELECT id FROM {Job._meta.db_table}
+    WHERE status = %(queued)s AND tags <@ %(tags)s::varchar[]
+    ORDER BY queue_key
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE {Job._meta.db_table} AS job
+    SET status = %(running)s, runner_id = %(runner)s, started_at = %(now)s,
+        lease_expires_at = %(lease)s, token_hash = %(token_hash)s
+    FROM candidate
+    WHERE job.id = candidate.id AND job.status = %(queued)s
+    RETURNING job.id, job.run_id, job.name, job.stage, job.attempt, job.timeout_s, job.spec
+)
+SELECT claimed.id, claimed.name, claimed.stage, claimed.attempt, claimed.timeout_s, claimed.spec,
+       run.id, run.number, run.commit_sha, run.commit_message, run.branch, run.is_tag, run.trigger,
+       run.variables, repository.name, repository.clone_url, repository.default_branch,
+       (SELECT coalesce(json_agg(json_build_array(step.id, step.index, step.kind, step.name, step.command)
+                                 ORDER BY step.index), '[]')
+        FROM {Step._meta.db_table} AS step WHERE step.job_id = claimed.id)
+FROM claimed
+JOIN {PipelineRun._meta.db_table} AS run ON run.id = claimed.run_id
+JOIN {Pipeline._meta.db_table} AS pipeline ON pipeline.id = run.pipeline_id
+JOIN {Repository._meta.db_table} AS repository ON repository.id = pipeline.repository_id
+"""  # noqa: S608 (only table names from model metadata are formatted in)
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
 def job_claim(*, runner: Runner) -> ClaimedJob | None:
-    """Claim the next job this runner can run, or None. Safe under any number of concurrent claimers."""
+    """Claim the next job this runner can run, or None. Safe under any number of concurrent
+    claimers; nothing is held while the job runs (see _CLAIM_SQL)."""
     if runner.is_paused or runner.revoked_at is not None:
         return None
     now = timezone.now()
     job_token = token_generate(JOB_TOKEN_PREFIX)
-    with transaction.atomic():
-        job = (
-            Job.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(status=JobStatus.QUEUED, tags__contained_by=runner.tags)
-            .order_by("queued_at")
-            .only("id")
-            .first()
-        )
-        if job is None:
-            return None
-        # The row is locked by us, so this guarded update cannot lose a race; the status
-        # guard still documents (and enforces) the only legal transition.
-        claimed = Job.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
-            status=JobStatus.RUNNING,
-            runner=runner,
-            started_at=now,
-            lease_expires_at=now + _lease(),
-            token_hash=token_hash(job_token),
-        )
-        if claimed != 1:
-            return None
+    params = {
+        "queued": JobStatus.QUEUED.value,
+        "running": JobStatus.RUNNING.value,
+        "tags": list(runner.tags),
+        "runner": runner.pk,
+        "now": now,
+        "lease": now + _lease(),
+        "token_hash": token_hash(job_token),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_CLAIM_SQL, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    (job_id, name, stage, attempt, timeout_s, spec, run_id, number, sha, message, branch, is_tag, trigger) = row[:13]
+    run_variables, repository_name, clone_url, default_branch, steps = row[13:]
+    repository = Repository(name=repository_name, clone_url=clone_url, default_branch=default_branch)
+    run = PipelineRun(
+        id=run_id,
+        pipeline=Pipeline(repository=repository),
+        number=number,
+        commit_sha=sha,
+        commit_message=message,
+        branch=branch,
+        is_tag=is_tag,
+        trigger=trigger,
+        variables=_json(run_variables),
+    )
+    job = Job(id=job_id, run=run, name=name, stage=stage, attempt=attempt, timeout_s=timeout_s, spec=_json(spec))
     runner_touch(runner=runner)
-    return _claimed_job(job_id=job.pk, job_token=job_token, runner=runner)
+    return _claimed_job(
+        job=job, steps=_json(steps), lease_expires_at=params["lease"], job_token=job_token, runner=runner
+    )
 
 
-def _claimed_job(*, job_id, job_token: str, runner: Runner) -> ClaimedJob:
+def _claimed_job(*, job: Job, steps: list, lease_expires_at, job_token: str, runner: Runner) -> ClaimedJob:
     from runners.variables import job_variables
 
-    job = Job.objects.select_related("run__pipeline__repository").get(pk=job_id)
-    steps = [
-        ClaimedStep(id=str(s.id), index=s.index, kind=s.kind, name=s.name, command=s.command)
-        for s in Step.objects.filter(job=job).order_by("index")
-    ]
     run = job.run
     return ClaimedJob(
         id=str(job.id),
@@ -187,12 +243,15 @@ def _claimed_job(*, job_id, job_token: str, runner: Runner) -> ClaimedJob:
         stage=job.stage,
         attempt=job.attempt,
         timeout_s=job.timeout_s,
-        lease_expires_at=job.lease_expires_at.isoformat(),
+        lease_expires_at=lease_expires_at.isoformat(),
         clone_url=run.pipeline.repository.clone_url,
         commit_sha=run.commit_sha,
         ref=run.branch,
         job_token=job_token,
-        steps=steps,
+        steps=[
+            ClaimedStep(id=str(step_id), index=index, kind=kind, name=step_name, command=command)
+            for step_id, index, kind, step_name, command in steps
+        ],
         variables=job_variables(job=job, runner=runner, job_token=job_token),
         spec={k: v for k, v in job.spec.items() if k in {"image", "services", "artifacts", "cache", "deploy"}},
     )
@@ -210,12 +269,21 @@ def job_heartbeat(*, job_id, runner: Runner) -> None:
     runner_touch(runner=runner)
 
 
+def _check_step_of_job(*, job_id, step_id) -> None:
+    if not Step.objects.filter(pk=step_id, job_id=job_id).exists():
+        raise StepNotFound(f"step {step_id} is not a step of job {job_id}")
+
+
 def step_start(*, job_id, step_id, runner: Runner) -> None:
     if not _held(job_id=job_id, runner=runner).exists():
         raise JobNotHeld(f"job {job_id} is not running on this runner")
-    Step.objects.filter(pk=step_id, job_id=job_id, status=StepStatus.PENDING).update(
+    started = Step.objects.filter(pk=step_id, job_id=job_id, status=StepStatus.PENDING).update(
         status=StepStatus.RUNNING, started_at=timezone.now()
     )
+    if not started:
+        _check_step_of_job(job_id=job_id, step_id=step_id)  # else: a resent report, already applied
+        return
+    step_status_publish(step_id=step_id)
 
 
 def step_finish(*, job_id, step_id, runner: Runner, status: str, exit_code: int | None) -> None:
@@ -223,19 +291,48 @@ def step_finish(*, job_id, step_id, runner: Runner, status: str, exit_code: int 
         raise ValueError(f"a step cannot finish as {status!r}")
     if not _held(job_id=job_id, runner=runner).exists():
         raise JobNotHeld(f"job {job_id} is not running on this runner")
-    Step.objects.filter(pk=step_id, job_id=job_id, status__in=[StepStatus.PENDING, StepStatus.RUNNING]).update(
-        status=status, exit_code=exit_code, finished_at=timezone.now()
-    )
+    finished = Step.objects.filter(
+        pk=step_id, job_id=job_id, status__in=[StepStatus.PENDING, StepStatus.RUNNING]
+    ).update(status=status, exit_code=exit_code, finished_at=timezone.now())
+    if not finished:
+        _check_step_of_job(job_id=job_id, step_id=step_id)
+        return
+    step_status_publish(step_id=step_id)
 
 
-def step_log(*, job_id, step_id, runner: Runner, offset: int, text: str) -> int:
-    """Store a chunk of a step's log. Returns the offset the next chunk starts at."""
+def step_log(*, job_id, step_id, offset: int, text: str, runner: Runner | None = None, job_token: str = "") -> int:
+    """Store a chunk of a step's log. Returns the offset the next chunk starts at.
+
+    Authenticated by the runner holding the job (as every job call is) or by the job's own
+    token (CI_JOB_TOKEN): good for this job's steps only, and only while the job runs. Raises
+    RunnerAuthError for an unknown job token, JobNotHeld once the job is no longer running,
+    StepNotFound for a step of another job, and logs.services.LogGap for a gap or overlap.
+    """
     from logs.services import log_chunk_append
 
-    if not _held(job_id=job_id, runner=runner).exists():
+    if "\x00" in text:
+        # PostgreSQL text cannot hold NUL; executors replace it before shipping output.
+        raise ValueError("a log chunk must not contain NUL characters")
+    masked: list[str] = []
+    if runner is not None:
+        held = _held(job_id=job_id, runner=runner).exists()
+    else:
+        # Looked up by its sha256, like runner tokens: timing reveals nothing about the token.
+        status = (
+            Job.objects.filter(pk=job_id, token_hash=token_hash(job_token)).values_list("status", flat=True).first()
+            if job_token
+            else None
+        )
+        if status is None:
+            raise RunnerAuthError("invalid job token")
+        held = status == JobStatus.RUNNING
+        masked.append(job_token)  # a job printing its environment must not publish its token
+    if not held:
         raise JobNotHeld(f"job {job_id} is not running on this runner")
-    step = Step.objects.only("id", "job_id").get(pk=step_id, job_id=job_id)
-    return log_chunk_append(step=step, offset=offset, content=text)
+    step = Step.objects.only("id", "job_id").filter(pk=step_id, job_id=job_id).first()
+    if step is None:
+        raise StepNotFound(f"step {step_id} is not a step of job {job_id}")
+    return log_chunk_append(step=step, offset=offset, content=text, masked=masked)
 
 
 def job_complete(*, job_id, runner: Runner, status: str, exit_code: int | None = None, reason: str = "") -> None:

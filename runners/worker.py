@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from runners.executors.base import JobResult, Reporter
-from runners.services import ClaimedJob
+from runners.http_client import RunnerTokenRefused
+from runners.services import ClaimedJob, ClaimedStep
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,45 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
     return (django.db.OperationalError, django.db.InterfaceError, requests.ConnectionError, requests.Timeout)
 
 
+class RetryingReporter:
+    """What executors report steps through. A step start or finish that fails because the
+    server or the database is away for a moment is retried with backoff, so that a short
+    outage never fails a job. Log chunks pass straight through: LogStream keeps unsent
+    output and retries it itself."""
+
+    def __init__(self, backend: Reporter, *, patience: float = 600.0):
+        self.backend = backend
+        self.patience = patience
+
+    def step_started(self, job: ClaimedJob, step: ClaimedStep) -> None:
+        _retry_transient(lambda: self.backend.step_started(job, step), f"start of step {step.name!r}", self.patience)
+
+    def step_log(self, job: ClaimedJob, step: ClaimedStep, offset: int, text: str) -> int | None:
+        return self.backend.step_log(job, step, offset, text)
+
+    def step_finished(self, job: ClaimedJob, step: ClaimedStep, *, status: str, exit_code: int | None) -> None:
+        _retry_transient(
+            lambda: self.backend.step_finished(job, step, status=status, exit_code=exit_code),
+            f"end of step {step.name!r}",
+            self.patience,
+        )
+
+
+def _retry_transient(call, what: str, patience: float):
+    """call() until it does not fail with a transient error; past `patience` seconds the error goes up."""
+    delay = 0.5
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return call()
+        except _transient_errors() as exc:
+            if time.monotonic() > deadline:
+                raise
+            logger.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+            time.sleep(delay)
+            delay = min(10.0, delay * 2)
+
+
 @dataclass
 class _Running:
     job: ClaimedJob
@@ -80,6 +120,7 @@ class RunnerLoop:
         self.max_jobs = max_jobs
         self.stopping = threading.Event()
         self.claimed = 0
+        self.token_refused = False  # the server refused our token: stop, and say so
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
 
@@ -104,9 +145,16 @@ class RunnerLoop:
             try:
                 job = self.backend.claim()
                 backoff = 0.0
-            except _transient_errors() as exc:
+            except RunnerTokenRefused as exc:
+                logger.error("%s; stopping (register this runner again)", exc)
+                self.token_refused = True
+                break
+            except Exception as exc:  # the server or database away, or a bug: back off, never crash
                 backoff = min(30.0, max(0.5, backoff * 2))
-                logger.warning("claim failed (%s); retrying in %.1fs", exc, backoff)
+                if isinstance(exc, _transient_errors()):
+                    logger.warning("claim failed (%s); retrying in %.1fs", exc, backoff)
+                else:
+                    logger.exception("claim failed unexpectedly; retrying in %.1fs", backoff)
                 self.stopping.wait(backoff + random.random() * backoff / 4)
                 continue
             if job is not None:
@@ -114,7 +162,7 @@ class RunnerLoop:
                 continue
             try:
                 self.backend.wait_for_work(self.poll_interval)
-            except _transient_errors() as exc:
+            except Exception as exc:
                 logger.warning("waiting for work failed (%s)", exc)
                 self.stopping.wait(1.0)
         self._shutdown()
@@ -157,23 +205,13 @@ class RunnerLoop:
             self.backend.close_thread()
 
     def _report_with_retry(self, call, what: str) -> None:
-        delay = 0.5
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                call()
-                return
-            except _transient_errors() as exc:
-                if time.monotonic() > deadline:
-                    logger.error("giving up on %s: %s", what, exc)
-                    return
-                logger.warning("%s failed (%s); retrying", what, exc)
-                time.sleep(delay)
-                delay = min(10.0, delay * 2)
-            except Exception as exc:
-                # Refused (e.g. the job was reaped meanwhile): nothing to retry.
-                logger.warning("%s refused: %s", what, exc)
-                return
+        try:
+            _retry_transient(call, what, 600.0)
+        except _transient_errors() as exc:
+            logger.error("giving up on %s: %s", what, exc)
+        except Exception as exc:
+            # Refused (e.g. the job was reaped meanwhile): nothing to retry.
+            logger.warning("%s refused: %s", what, exc)
 
     def _heartbeat_loop(self) -> None:
         try:
@@ -185,6 +223,10 @@ class RunnerLoop:
                         keep = self.backend.heartbeat(running.job)
                     except _transient_errors() as exc:
                         logger.warning("heartbeat for %s failed: %s", running.job.id, exc)
+                        continue
+                    except Exception as exc:
+                        # Never let this thread die: without it every running job loses its lease.
+                        logger.warning("heartbeat for %s refused: %s", running.job.id, exc)
                         continue
                     if not keep:
                         logger.info("job %s was cancelled or taken away: stopping it", running.job.id)

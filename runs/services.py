@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Case, CharField, DateTimeField, F, Max, Value
 from django.db.models import When as DbWhen
@@ -129,6 +130,12 @@ def _job_spec_json(js: JobSpec) -> dict[str, Any]:
         "retry_exit_codes": js.retry_exit_codes,
         "coverage": js.coverage,
     }
+
+
+def _deploy_step_command(section: dict[str, Any]) -> str:
+    from runners.deploy.job import deploy_step_command  # the kubernetes client only where deploys are
+
+    return deploy_step_command(section)
 
 
 def _validate_spec(spec: PipelineSpec) -> dict[str, int]:
@@ -245,6 +252,8 @@ def run_create(
         scripts = [
             (StepKind.BEFORE_SCRIPT, js.before_script),
             (StepKind.SCRIPT, js.script),
+            # A `deploy:` section is one more step: the runner's Kubernetes rollout.
+            (StepKind.DEPLOY, [_deploy_step_command(js.deploy)] if js.deploy else []),
             (StepKind.AFTER_SCRIPT, js.after_script),
         ]
         commands = [(kind, command) for kind, lines in scripts for command in lines]
@@ -303,10 +312,29 @@ class _Promotion:
     run_changed: bool = False
 
 
+def _deployments():
+    # Imported late: runs.deployments builds on this module.
+    from runs import deployments
+
+    return deployments
+
+
 def _after_commit_run_changed(run_id: Any) -> None:
     """Hook for everything that follows a run's change (channel-layer events, commit status,
     notifications): called after commit only, so a rolled-back change announces nothing."""
+    from logs.services import run_status_publish
+    from pipelines.commit_status import commit_status_enqueue
+    from runs.notifications import run_notifications_enqueue
+
     logger.debug("run %s changed", run_id)
+    commit_status_enqueue(run_id=run_id)
+    run_status_publish(run_id=run_id)  # to the run's live viewers (logs.events)
+    # Neither may fail the change, which is committed: the deployments sweep catches up.
+    for follow_up in (_deployments().deployments_after_run_changed, run_notifications_enqueue):
+        try:
+            follow_up(run_id=run_id)
+        except Exception:
+            logger.exception("%s of run %s failed", follow_up.__name__, run_id)
 
 
 def _on_commit_run_changed(run_id: Any) -> None:
@@ -405,6 +433,33 @@ def _run_sync_status(run: PipelineRun, nodes: Iterable[dag.Node], *, now: dateti
     return True
 
 
+def _assign_queue_keys(jobs: Iterable[Job], *, now: datetime) -> None:
+    """Give the run's newly QUEUED jobs their place in the queue (every path that queues a
+    job, from run creation to retries and manual plays, ends in _promote_locked, here).
+
+    Fair share: the k-th job a run has queued or running at once is keyed
+    now + k * CONVEYOR_FAIR_SHARE_STEP_S. A run that queues 500 jobs gets its first one
+    next, but a job of another run queued a moment later overtakes most of the 500, so
+    runs take turns instead of one huge run starving the rest; the offset is bounded, so
+    nothing waits forever either. The caller holds the run lock.
+    """
+    jobs = list(jobs)
+    waiting = sorted(
+        (job for job in jobs if job.status == JobStatus.QUEUED and job.queue_key is None),
+        key=lambda job: (job.stage_index, job.name),
+    )
+    if not waiting:
+        return
+    ahead = sum(1 for job in jobs if job.status in JobStatus.ACTIVE and job.queue_key is not None)
+    step = timedelta(seconds=settings.CONVEYOR_FAIR_SHARE_STEP_S)
+    keys = {job.pk: now + (ahead + rank) * step for rank, job in enumerate(waiting)}
+    Job.objects.filter(pk__in=keys, status=JobStatus.QUEUED, queue_key__isnull=True).update(
+        queue_key=Case(*[DbWhen(pk=pk, then=Value(key)) for pk, key in keys.items()], output_field=DateTimeField())
+    )
+    for job in waiting:
+        job.queue_key = keys[job.pk]
+
+
 def _promote_locked(run: PipelineRun, *, now: datetime, changed: bool = False) -> _Promotion:
     """Promote the run's jobs and re-derive its status. The caller holds the run row lock;
     `changed` says it changed the run's jobs itself (the after-commit hook is due anyway).
@@ -420,6 +475,11 @@ def _promote_locked(run: PipelineRun, *, now: datetime, changed: bool = False) -
     jobs = _current_jobs(run.pk)
     nodes = _nodes(jobs.values(), run.pk)
     result.transitions = dag.plan_promotion(nodes, now=now)
+    # Deploy jobs start only when their environment lets them (approvals, freezes, one at a
+    # time): the gate may hold some as blocking MANUAL jobs instead (runs.deployments).
+    result.transitions = _deployments().gate_promotion(
+        run=run, jobs=jobs, nodes=nodes, transitions=result.transitions, now=now
+    )
     _apply_transitions(result.transitions, now=now)
     for transition in result.transitions:
         job = jobs[transition.job_id]
@@ -429,6 +489,7 @@ def _promote_locked(run: PipelineRun, *, now: datetime, changed: bool = False) -
         if transition.scheduled_at is not None:
             job.scheduled_at = transition.scheduled_at
         result.jobs.append(job)
+    _assign_queue_keys(jobs.values(), now=now)
     if any(t.new == JobStatus.QUEUED for t in result.transitions):
         _notify_queue()
     result.run_changed = _run_sync_status(run, nodes.values(), now=now)
@@ -577,6 +638,15 @@ def job_finish(
     return True
 
 
+def _steps_interrupt(job_id: Any, *, now: datetime) -> None:
+    """An attempt that ends without its runner's last reports (lease lost, handed back) keeps
+    no step PENDING or RUNNING in its record: they end CANCELLED, as in run_cancel. The
+    runner's late reports on them are refused anyway (the job is no longer RUNNING)."""
+    Step.objects.filter(job_id=job_id, status__in=[StepStatus.PENDING, StepStatus.RUNNING]).update(
+        status=StepStatus.CANCELLED, finished_at=now
+    )
+
+
 @transaction.atomic
 def job_requeue(*, job_id: Any, reason: str, runner: Runner | None = None) -> Job | None:
     """Give a RUNNING job back to the queue as a new attempt (its runner is going away, or
@@ -596,6 +666,7 @@ def job_requeue(*, job_id: Any, reason: str, runner: Runner | None = None) -> Jo
     if guard.update(status=JobStatus.FAILURE, finished_at=now, status_reason=reason) != 1:
         return None
     job.status, job.finished_at, job.status_reason = JobStatus.FAILURE, now, reason
+    _steps_interrupt(job_id, now=now)
     new = _job_new_attempt(job, now=now)
     _promote_locked(run, now=now, changed=True)
     return new
@@ -622,6 +693,24 @@ def job_play(*, job: Job, user: AbstractBaseUser | None = None) -> Job:
     _promote_locked(run, now=now, changed=True)
     job.refresh_from_db()
     return job
+
+
+@transaction.atomic
+def job_dismiss(*, job: Job, status: str, reason: str) -> bool:
+    """End a job that waits for a person (MANUAL) without running it: SKIPPED (an outdated
+    deploy) or CANCELLED (a rejected deploy), with the reason; the run moves on. False,
+    changing nothing, if the job no longer waits."""
+    if status not in {JobStatus.SKIPPED, JobStatus.CANCELLED}:
+        raise ValueError(f"a waiting job is dismissed as SKIPPED or CANCELLED, not {status!r}")
+    run = _lock_run(job.run_id)
+    now = timezone.now()
+    dismissed = run is not None and Job.objects.filter(pk=job.pk, status=JobStatus.MANUAL, retried=False).update(
+        status=status, status_reason=reason[:500], finished_at=now
+    )
+    if dismissed != 1:
+        return False
+    _promote_locked(run, now=now, changed=True)
+    return True
 
 
 @transaction.atomic
@@ -742,6 +831,7 @@ def jobs_reap_expired_leases(*, now: datetime | None = None) -> dict[str, int]:
             if guard.update(status=JobStatus.FAILURE, finished_at=now, status_reason=reason) != 1:
                 continue
             job.status, job.finished_at, job.status_reason = JobStatus.FAILURE, now, reason
+            _steps_interrupt(job_id, now=now)
             if job.attempt < max(LEASE_MAX_ATTEMPTS, job.retry_max + 1):
                 _job_new_attempt(job, now=now)
                 counts["requeued"] += 1

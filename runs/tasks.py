@@ -26,3 +26,37 @@ def sweep_runs() -> dict[str, int]:
 def promote_run(run_id: str) -> int:
     """Promote one run (e.g. after a change made outside the engine). Returns the jobs moved."""
     return len(run_promote(run_id=run_id))
+
+
+# --- Deployments and notifications.
+
+
+@shared_task(name="runs.tasks.sweep_deployments", ignore_result=True)
+def sweep_deployments() -> dict[str, int]:
+    """Beat, every CONVEYOR_DEPLOY_SWEEP_S: finish deployments whose job ended unnoticed, let
+    held deploys go (freezes end, approvals expire), resend notifications whose task was lost."""
+    from runs.deployments import deployments_sweep
+    from runs.notifications import notifications_resend_stuck
+
+    counts = deployments_sweep()
+    counts["notifications_resent"] = notifications_resend_stuck()
+    if any(counts.values()):
+        logger.info("deployments sweep: %s", counts)
+    return counts
+
+
+@shared_task(bind=True, name="runs.tasks.send_notification", ignore_result=True)
+def send_notification(self, notification_id: int) -> str:
+    """Send one notification (Slack or e-mail). Network errors, 5xx and 429 are retried with
+    exponential backoff up to CONVEYOR_NOTIFY_MAX_RETRIES times, then it is recorded as
+    FAILED. Nothing here touches a run or a deployment."""
+    from django.conf import settings
+
+    from runs.notifications import NotificationUnavailable, notification_send
+
+    retries = settings.CONVEYOR_NOTIFY_MAX_RETRIES
+    try:
+        return notification_send(notification_id=notification_id, final=self.request.retries >= retries)
+    except NotificationUnavailable as exc:
+        countdown = min(300, 5 * 2**self.request.retries)
+        raise self.retry(exc=exc, countdown=countdown, max_retries=retries) from exc

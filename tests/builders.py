@@ -13,9 +13,20 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from artifacts.models import Artifact, ArtifactType
+from artifacts.models import Artifact, ArtifactType, TestReport
 from logs.models import StepLog
-from pipelines.models import Pipeline, Repository, Trigger
+from logs.services import log_chunk_append
+from pipelines.models import (
+    CommitStatusReport,
+    DeliveryStatus,
+    Pipeline,
+    PipelineSchedule,
+    Repository,
+    Trigger,
+    TriggerToken,
+    WebhookDelivery,
+    WebhookProvider,
+)
 from runners.models import RegistrationToken, Runner
 from runs.models import Job, JobDependency, JobStatus, PipelineRun, RunStatus, Step, StepStatus
 
@@ -114,7 +125,8 @@ def make_run_tree(*, job_names: dict[str, str] | None = None) -> RunTree:
                 status=StepStatus.SUCCESS if job.status == JobStatus.SUCCESS else StepStatus.PENDING,
             )
             step = step or created
-    log = StepLog.objects.create(step=step, offset=0, content="$ echo build\nbuild\n")
+    log_chunk_append(step=step, offset=0, content="$ echo build\nbuild\n")
+    log = StepLog.objects.get(step=step, offset=0)
     artifact = Artifact.objects.create(
         run=run,
         job=jobs["build"],
@@ -123,6 +135,10 @@ def make_run_tree(*, job_names: dict[str, str] | None = None) -> RunTree:
         storage_path=f"runs/{run.pk}/dist.tar.gz",
         size_bytes=2048,
     )
+    make_test_report_rows(run, jobs["test"])
+    make_trigger_rows(pipeline, run)
+    make_access_rows(pipeline, run)
+    make_deployment_rows(pipeline, run, jobs["deploy"])
     return RunTree(
         run=run,
         jobs=jobs,
@@ -131,4 +147,120 @@ def make_run_tree(*, job_names: dict[str, str] | None = None) -> RunTree:
         artifact=artifact,
         runner=runner,
         registration_token=registration_token,
+    )
+
+
+def make_trigger_rows(pipeline: Pipeline, run: PipelineRun) -> None:
+    """A webhook delivery that started `run`, a schedule, a trigger token and a commit status report."""
+    delivery = WebhookDelivery.objects.create(
+        provider=WebhookProvider.GITHUB,
+        delivery_id=f"tree-{run.pk}",
+        repository=pipeline.repository,
+        event="push",
+        ref=run.branch,
+        commit_sha=run.commit_sha,
+        body='{"ref": "refs/heads/main"}',
+        status=DeliveryStatus.DONE,
+    )
+    delivery.runs.add(run)
+    PipelineSchedule.objects.create(
+        pipeline=pipeline, description=f"nightly {run.number}", cron="0 2 * * *", ref="main", next_run_at=timezone.now()
+    )
+    TriggerToken.objects.create(
+        pipeline=pipeline, description=f"deploy bot {run.number}", token_hash=secrets.token_hex(32)
+    )
+    CommitStatusReport.objects.create(run=run, state="pending", description=f"Run #{run.number} is running")
+
+
+def make_deployment_rows(pipeline: Pipeline, run: PipelineRun, job: Job) -> None:
+    """A protected environment with a freeze, `job` waiting to deploy to it with one approval,
+    a finished deployment before it, the pipeline's notification settings and a notification."""
+    from runs.models import (
+        Approval,
+        ApprovalDecision,
+        DeployFreeze,
+        Deployment,
+        DeploymentStatus,
+        Environment,
+        Notification,
+        NotificationChannel,
+        NotificationKind,
+        NotificationStatus,
+        PipelineNotifications,
+        WaitingFor,
+    )
+
+    environment, _ = Environment.objects.get_or_create(
+        repository=pipeline.repository, name="production", defaults={"protected": True, "required_approvals": 2}
+    )
+    DeployFreeze.objects.get_or_create(environment=environment, cron="0 17 * * FRI", duration_minutes=3840)
+    now = timezone.now()
+    (earlier_run,) = make_runs(pipeline, 1)
+    earlier = Deployment.objects.create(
+        environment=environment,
+        run=earlier_run,
+        job=Job.objects.create(run=earlier_run, name="deploy", stage="deploy", stage_index=2, status=JobStatus.SUCCESS),
+        image=f"registry.test/acme/web:{run.commit_sha[:8]}",
+        strategy="rolling",
+        status=DeploymentStatus.SUCCEEDED,
+        deployed_by_name="ada",
+        started_at=now - timedelta(minutes=5),
+        finished_at=now - timedelta(minutes=4),
+    )
+    waiting = Deployment.objects.create(
+        environment=environment,
+        run=run,
+        job=job,
+        image=f"registry.test/acme/web:{run.commit_sha[:8]}",
+        strategy="rolling",
+        status=DeploymentStatus.WAITING,
+        waiting_for=WaitingFor.APPROVAL,
+        status_reason="awaiting approval (1 of 2) to deploy to production",
+        previous=earlier,
+    )
+    Approval.objects.create(
+        deployment=waiting, job=job, username="grace", decision=ApprovalDecision.APPROVE, comment="main is green"
+    )
+    PipelineNotifications.objects.get_or_create(pipeline=pipeline, defaults={"emails": "team@example.test"})
+    Notification.objects.create(
+        kind=NotificationKind.DEPLOYMENT,
+        channel=NotificationChannel.EMAIL,
+        run=earlier_run,
+        deployment=earlier,
+        status=NotificationStatus.SENT,
+        attempts=1,
+        sent_at=now,
+    )
+
+
+def make_access_rows(pipeline: Pipeline, run: PipelineRun) -> None:
+    """A developer of the repository (a user, with a personal API token) and a group of viewers."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    from pipelines.api_tokens import api_token_create
+    from pipelines.models import RepositoryMembership, Role
+
+    user = get_user_model().objects.create_user(f"dev-{run.pk.hex[:12]}")
+    group = Group.objects.create(name=f"viewers-{run.pk.hex[:12]}")
+    RepositoryMembership.objects.create(repository=pipeline.repository, user=user, role=Role.DEVELOPER)
+    RepositoryMembership.objects.create(repository=pipeline.repository, group=group, role=Role.VIEWER)
+    api_token_create(user=user, description=f"laptop {run.number}")
+
+
+def make_test_report_rows(run: PipelineRun, job: Job) -> TestReport:
+    """A parsed JUnit report of `job` (a TEST_REPORT artifact and its summary)."""
+    report = Artifact.objects.create(
+        run=run, job=job, name="junit", type=ArtifactType.TEST_REPORT, storage_path=f"runs/{run.pk}/junit.tar.gz"
+    )
+    return TestReport.objects.create(
+        artifact=report,
+        run=run,
+        job=job,
+        suites=1,
+        tests=3,
+        failures=1,
+        failed_cases=[
+            {"suite": "shop", "classname": "Cart", "name": "totals", "kind": "failure", "message": "90 != 81"}
+        ],
     )

@@ -11,9 +11,10 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from pipelines.models import Pipeline, Repository
+from pipelines.models import ApiToken, Pipeline, PipelineSchedule, Repository, RepositoryMembership, TriggerToken
 from runners.models import RegistrationToken, Runner
 from runs.admin import pipeline_graph_html
+from runs.models import DeployFreeze, Environment, PipelineNotifications
 from tests.builders import RunTree, make_run_tree
 
 pytestmark = pytest.mark.django_db
@@ -82,14 +83,28 @@ def test_changelist_query_count_does_not_grow_with_rows(admin_client, tree: RunT
     assert len(many) == len(few), [q["sql"] for q in many.captured_queries]
 
 
-@pytest.mark.parametrize("model", [Repository, Pipeline, RegistrationToken], ids=_id)
+CONFIGURATION_MODELS = [
+    Repository,
+    Pipeline,
+    RegistrationToken,
+    PipelineSchedule,
+    TriggerToken,
+    Environment,
+    DeployFreeze,
+    PipelineNotifications,
+    RepositoryMembership,
+    ApiToken,
+]
+
+
+@pytest.mark.parametrize("model", CONFIGURATION_MODELS, ids=_id)
 def test_add_page_renders_for_configuration_models(admin_client, model) -> None:
     assert admin_client.get(_admin_url(model, "add")).status_code == 200
 
 
 def test_runs_jobs_and_logs_cannot_be_added_or_edited_in_the_admin(admin_client, tree: RunTree) -> None:
     for model in CONVEYOR_MODELS:
-        if model in {Repository, Pipeline, RegistrationToken}:
+        if model in CONFIGURATION_MODELS:
             continue
         assert admin_client.get(_admin_url(model, "add")).status_code == 403, model._meta.label
     response = admin_client.post(_admin_url(tree.run.__class__, "change", tree.run.pk), {"status": "SUCCESS"})

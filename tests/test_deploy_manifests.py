@@ -530,8 +530,8 @@ def test_the_runner_uses_the_kubernetes_executor_with_a_token_from_a_secret() ->
     container = main_container(the_object("Deployment", "conveyor-runner"))
     options = container_entry_point(container).options
     assert options["executor"] == "kubernetes"
-    assert options["token"] == "placeholder-runner_token"
-    token = next(variable for variable in container["env"] if variable["name"] == "RUNNER_TOKEN")
+    assert options["token"] is None, "a token on the command line is visible to every process on the node"
+    token = next(variable for variable in container["env"] if variable["name"] == "CONVEYOR_RUNNER_TOKEN")
     reference = token["valueFrom"]["secretKeyRef"]
     assert reference["key"] in secret_keys(reference["name"])
 

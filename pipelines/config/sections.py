@@ -79,6 +79,9 @@ _ARTIFACT_KEYS = {
     "expose_as",
     "public",
     "access",
+    # Conveyor's own: reuse the artifacts of an earlier successful build with the same key
+    # instead of building again (README: Artifacts, "Reuse").
+    "reuse",
 }
 _ARTIFACT_WHEN = ("on_success", "on_failure", "always")
 # The report types GitLab knows. File-list reports become lists of paths.
@@ -127,6 +130,24 @@ def artifacts(value: Any, scope: Scope) -> dict[str, Any]:
         result["access"] = one_of(mapping["access"], ("all", "developer", "maintainer", "none"), "artifacts:access")
     if "reports" in mapping:
         result["reports"] = _reports(mapping["reports"], scope)
+    if "reuse" in mapping:
+        reuse = _reuse(mapping["reuse"], scope)
+        if reuse is not None:
+            result["reuse"] = reuse
+    return result
+
+
+def _reuse(value: Any, scope: Scope) -> dict[str, Any] | None:
+    """`reuse: true`, or `reuse: {key: <text with $VARIABLES>, files: [paths]}`; false: none."""
+    if isinstance(value, bool):
+        return {} if value else None
+    mapping = as_mapping(value, "artifacts:reuse")
+    check_keys(mapping, {"key", "files"}, "artifacts:reuse", scope)
+    result: dict[str, Any] = {}
+    if "key" in mapping:
+        result["key"] = as_str(mapping["key"], "artifacts:reuse:key")
+    if "files" in mapping:
+        result["files"] = string_list(mapping["files"], "artifacts:reuse:files")
     return result
 
 

@@ -144,7 +144,9 @@ class TriggerContext:
         }
         if self.is_tag:
             values["CI_COMMIT_TAG"] = self.ref
-        else:
+        elif self.source != "merge_request_event":
+            # As in GitLab: merge request pipelines have no CI_COMMIT_BRANCH (the usual
+            # `if: $CI_COMMIT_BRANCH` rules keep branch jobs out of them).
             values["CI_COMMIT_BRANCH"] = self.ref
         values.update(self.variables)
         return values

@@ -77,6 +77,16 @@ def test_bootstrap_makes_a_real_git_repository_with_one_commit_of_the_demo(tmp_p
     assert git(repo, "log", "-1", "--format=%an <%ae>") == "Conveyor Bootstrap <bootstrap@conveyor.invalid>"
 
 
+def test_the_demo_production_environment_is_protected_by_one_approval(tmp_path: Path) -> None:
+    from runs.models import Environment
+
+    bootstrap(tmp_path, "--no-run")
+    bootstrap(tmp_path, "--no-run")
+
+    production = Environment.objects.get(repository__name="demo", name="production")
+    assert production.protected and production.required_approvals == 1
+
+
 def test_demo_config_has_the_promised_stages_jobs_and_gates(tmp_path: Path) -> None:
     bootstrap(tmp_path, "--no-run")
     config = yaml.safe_load(git(tmp_path / "demo-repo", "show", "HEAD:.cicd.yml"))

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 from pipelines.git import GitError, run_git
+from runners.artifacts import JobArtifacts
+from runners.deploy.job import run_deploy_step
 from runners.executors.base import JobResult, LogStream, Reporter
 from runners.services import ClaimedJob, ClaimedStep
 from runs.models import StepKind, StepStatus
@@ -60,8 +62,19 @@ class ShellExecutor:
                 self.reporter.step_finished(job, step, status=StepStatus.SKIPPED, exit_code=None)
             return JobResult(status=StepStatus.FAILURE, reason=checkout_error)
 
+        # Artifacts (runners.artifacts): the dependencies' archives are unpacked before the
+        # steps, or an earlier build with the same reuse key ends the job at once.
+        artifacts = JobArtifacts(self.reporter, job, workspace=workspace, project=project)
+        artifacts.environment(env)
+        first_offset, ended = artifacts.before_steps(steps[0], first_offset)
+        if ended is not None:
+            for step in steps:
+                self.reporter.step_finished(job, step, status=StepStatus.SKIPPED, exit_code=None)
+            return ended
+
         result = JobResult(status=StepStatus.SUCCESS, exit_code=0)
         main_failed = False
+        last_run: ClaimedStep | None = None
         for step in steps:
             if step.kind != StepKind.AFTER_SCRIPT and (main_failed or stop.is_set()):
                 self.reporter.step_finished(job, step, status=StepStatus.SKIPPED, exit_code=None)
@@ -72,13 +85,20 @@ class ShellExecutor:
             # after_script gets its own short budget even when the job timed out (GitLab: 5 min).
             step_deadline = deadline if step.kind != StepKind.AFTER_SCRIPT else time.monotonic() + 300
             offset = first_offset if step is steps[0] else 0
-            status, exit_code, note = self._run_step(job, step, env, state, project, stop, step_deadline, offset)
+            if step.kind == StepKind.DEPLOY:  # a `deploy:` job's Kubernetes rollout, run here
+                status, exit_code, note = run_deploy_step(
+                    self.reporter, job, step, env, project, stop, step_deadline, offset
+                )
+            else:
+                status, exit_code, note = self._run_step(job, step, env, state, project, stop, step_deadline, offset)
+            last_run = step
             if step.kind == StepKind.AFTER_SCRIPT:
                 continue  # its outcome never changes the job's
             if status != StepStatus.SUCCESS:
                 main_failed = True
                 result = JobResult(status=status, exit_code=exit_code, reason=note)
-        return result
+        # After after_script, as in GitLab; the upload's lines end the last step's log.
+        return result if stop.is_set() else artifacts.after_steps(result, last_run)
 
     def _environment(self, job: ClaimedJob, workspace: Path, project: Path) -> dict[str, str]:
         # Built from scratch: the runner's own environment (database URL, secret key, cloud

@@ -35,6 +35,7 @@ def make_queued_jobs(pipeline):
                 status=JobStatus.QUEUED,
                 tags=tags or [],
                 queued_at=now,
+                queue_key=now,
             )
             for _ in range(count)
         )

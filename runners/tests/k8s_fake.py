@@ -340,7 +340,7 @@ class FakeKubernetes:
                 os.killpg(pod.process.pid, signal.SIGKILL)
 
 
-def _status(code: int, reason: str, message: str, *, name: str | None = None) -> dict[str, Any]:
+def _status(code: int, reason: str, message: str, *, name: str | None = None, kind: str = "pods") -> dict[str, Any]:
     status: dict[str, Any] = {
         "kind": "Status",
         "apiVersion": "v1",
@@ -351,7 +351,7 @@ def _status(code: int, reason: str, message: str, *, name: str | None = None) ->
         "code": code,
     }
     if name is not None:
-        status["details"] = {"name": name, "kind": "pods"}
+        status["details"] = {"name": name, "kind": kind}
     return status
 
 

@@ -16,7 +16,7 @@ from runs.models import Job, JobStatus
 
 def test_a_claim_takes_the_oldest_queued_job_and_marks_it_running(make_queued_jobs, runner):
     first, second = make_queued_jobs(2)
-    Job.objects.filter(pk=second.pk).update(queued_at=first.queued_at.replace(year=2000))
+    Job.objects.filter(pk=second.pk).update(queue_key=first.queue_key.replace(year=2000))
 
     claimed = job_claim(runner=runner)
 
@@ -129,3 +129,54 @@ def test_eight_concurrent_claimer_processes_never_claim_a_job_twice_and_lose_non
     assert Job.objects.filter(status=JobStatus.SUCCESS).count() == len(jobs)
     # Every process did some of the work: the claims really were concurrent.
     assert sum(1 for p in processes if p.returncode == 0) == 8
+
+
+def test_a_huge_run_does_not_starve_a_run_queued_after_it(db):
+    from runs.tests.factories import create_run, job
+
+    huge = create_run(*[job(f"shard-{i:03}") for i in range(200)])
+    small = create_run(job("lint"))
+    runner = Runner.objects.create(name="fair", tags=[])
+
+    first_claims = [job_claim(runner=runner) for _ in range(3)]
+
+    # The huge run's first job was queued first and goes first; the small run's only job
+    # comes right after it rather than after all 200 shards.
+    assert [c.run_id for c in first_claims] == [str(huge.pk), str(small.pk), str(huge.pk)]
+
+
+def test_a_run_alone_in_the_queue_has_its_jobs_claimed_in_stage_and_name_order(db):
+    from runs.tests.factories import create_run, job
+
+    run = create_run(job("b-test"), job("a-test"), job("c-test"))
+    runner = Runner.objects.create(name="solo", tags=[])
+
+    names = [job_claim(runner=runner).name for _ in range(3)]
+
+    assert names == ["a-test", "b-test", "c-test"]
+    assert job_claim(runner=runner) is None
+    assert not Job.objects.filter(run=run, status=JobStatus.QUEUED).exists()
+
+
+def test_a_runs_running_jobs_count_against_the_place_of_its_next_job(db):
+    from runs.services import job_finish
+    from runs.tests.factories import create_run, job
+
+    busy = create_run(job("b0", "build"), job("b1", "build"), job("b2", "build"), job("t", "test", needs=["b0"]))
+    runner = Runner.objects.create(name="fair", tags=[])
+    b0, b1 = job_claim(runner=runner), job_claim(runner=runner)
+    assert [b0.name, b1.name] == ["b0", "b1"]
+    # b0 finishes: t is queued while b1 still runs and b2 still waits, so it is busy's
+    # third job in flight and queues two fair-share steps back.
+    assert job_finish(job_id=b0.id, status=JobStatus.SUCCESS, exit_code=0, runner=runner)
+    create_run(job("n0"), job("n1"), job("n2"))  # a newcomer
+
+    order = [job_claim(runner=runner) for _ in range(5)]
+
+    assert [(c.run_id == str(busy.pk), c.name) for c in order] == [
+        (False, "n0"),
+        (False, "n1"),
+        (True, "b2"),
+        (True, "t"),
+        (False, "n2"),
+    ]

@@ -14,6 +14,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from pipelines.config.lint import lint_errors, lint_report
 from pipelines.config.parser import effective_edges, parse_pipeline
 from pipelines.config.spec import ConfigError, JobSpec, PipelineSpec, TriggerContext
 
@@ -88,7 +89,7 @@ class Command(BaseCommand):
 
     def report_errors(self, path: Path, errors: list[str], as_json: bool) -> None:
         if as_json:
-            self.stdout.write(json.dumps({"stages": [], "jobs": [], "errors": errors, "warnings": []}, indent=2))
+            self.stdout.write(json.dumps(lint_errors(errors), indent=2))
         else:
             for error in errors:
                 self.stderr.write(f"error: {error}")
@@ -96,25 +97,7 @@ class Command(BaseCommand):
         raise CommandError(f"{path}: {len(errors)} {noun}")
 
     def as_json(self, spec: PipelineSpec) -> dict[str, Any]:
-        edges = effective_edges(spec)
-        warnings = [str(problem) for problem in spec.warnings]
-        if spec.workflow_skipped:
-            warnings.append(f"no run would be created: {spec.workflow_skipped}")
-        return {
-            "stages": spec.stages,
-            "jobs": [
-                {
-                    "name": job.name,
-                    "stage": job.stage,
-                    "needs": edges[job.name],
-                    "when": job.when,
-                    "allow_failure": job.allow_failure,
-                }
-                for job in spec.jobs
-            ],
-            "errors": [],
-            "warnings": warnings,
-        }
+        return lint_report(spec)
 
     def print_table(self, path: Path, spec: PipelineSpec) -> None:
         write = self.stdout.write

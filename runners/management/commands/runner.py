@@ -1,14 +1,17 @@
 """`manage.py runner`: claim and execute jobs.
 
 Trusted mode (no --url) claims through the ORM: for nodes that may reach the database.
-`--url URL --token TOKEN` talks only HTTP to the runner API. `manage.py runner register
+`--url URL --token-file FILE` (or CONVEYOR_RUNNER_TOKEN, or --token) talks only HTTP to the
+runner API. `manage.py runner register
 --url URL --registration-token T` exchanges a registration token for a runner token.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
+from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -28,7 +31,12 @@ class Command(BaseCommand):
         parser.add_argument("--concurrency", type=int, default=1, help="Jobs run at once.")
         parser.add_argument("--executor", choices=Executor.values, default=Executor.SHELL)
         parser.add_argument("--url", help="Server URL: talk HTTP to the runner API instead of the database.")
-        parser.add_argument("--token", help="Runner token (HTTP mode).")
+        parser.add_argument(
+            "--token",
+            help="Runner token (HTTP mode). Prefer --token-file or CONVEYOR_RUNNER_TOKEN: a command line "
+            "is visible to every process on the machine.",
+        )
+        parser.add_argument("--token-file", help="File holding the runner token (HTTP mode).")
         parser.add_argument("--registration-token", help="For `register`: the token an admin created.")
         parser.add_argument("--max-jobs", type=int, help="Exit after claiming this many jobs.")
         parser.add_argument("--grace-period", type=float, default=30.0, help="Seconds to finish jobs on SIGTERM.")
@@ -61,6 +69,8 @@ class Command(BaseCommand):
             f"tags {tags or '-'}) waiting for jobs"
         )
         loop.serve()
+        if loop.token_refused:
+            raise CommandError("the server refused this runner's token (revoked?); register the runner again")
         self.stdout.write(f"runner {options['name']!r} stopped after {loop.claimed} job(s)")
 
     def _register(self, options, tags):
@@ -81,13 +91,26 @@ class Command(BaseCommand):
         self.stdout.write(f"registered runner {runner_id}")
         self.stdout.write(f"runner token (shown once, keep it secret): {token}")
 
+    def _token(self, options) -> str:
+        if options["token_file"]:
+            try:
+                token = Path(options["token_file"]).read_text().strip()
+            except OSError as exc:
+                raise CommandError(f"cannot read --token-file: {exc}") from exc
+        else:
+            token = options["token"] or os.environ.pop("CONVEYOR_RUNNER_TOKEN", "").strip()
+        if not token:
+            raise CommandError(
+                "--url needs a runner token: --token-file, CONVEYOR_RUNNER_TOKEN or --token "
+                "(see `manage.py runner register`)"
+            )
+        return token
+
     def _backend(self, options, tags):
         if options["url"]:
-            if not options["token"]:
-                raise CommandError("--url needs --token (see `manage.py runner register`)")
             from runners.http_client import HttpBackend
 
-            return HttpBackend(url=options["url"], token=options["token"])
+            return HttpBackend(url=options["url"], token=self._token(options))
         from runners.backends import OrmBackend
 
         # Trusted mode: the runner row is found (or made) by name; no token is needed
@@ -100,10 +123,14 @@ class Command(BaseCommand):
         return OrmBackend(runner=runner)
 
     def _executor(self, options, backend):
+        from runners.worker import RetryingReporter
+
+        # Step reports ride out a short outage of the server or the database.
+        reporter = RetryingReporter(backend)
         if options["executor"] == Executor.KUBERNETES:
             from runners.executors.kubernetes import KubernetesExecutor
 
-            return KubernetesExecutor(reporter=backend)
+            return KubernetesExecutor(reporter=reporter)
         from runners.executors.shell import ShellExecutor
 
-        return ShellExecutor(reporter=backend, builds_dir=options["builds_dir"])
+        return ShellExecutor(reporter=reporter, builds_dir=options["builds_dir"])

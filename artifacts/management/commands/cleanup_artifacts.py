@@ -1,0 +1,31 @@
+"""`manage.py cleanup_artifacts [--dry-run]`: what the nightly task does, now."""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand
+
+from artifacts.services import artifacts_cleanup
+
+
+class Command(BaseCommand):
+    help = (
+        "Delete expired artifacts and abandoned uploads (storage first, then rows), as the nightly task does. "
+        "--dry-run only counts them."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--dry-run", action="store_true", help="Count what would be deleted; delete nothing.")
+        parser.add_argument("--batch-size", type=int, default=None, help="Rows claimed per transaction.")
+
+    def handle(self, *args, **options):
+        if options["dry_run"]:
+            counts = artifacts_cleanup(dry_run=True)
+            self.stdout.write(
+                f"dry run: {counts['due']} artifact(s) due for deletion, {counts['retry']} earlier deletion(s) "
+                "to retry; nothing deleted"
+            )
+            return
+        counts = artifacts_cleanup(batch_size=options["batch_size"])
+        self.stdout.write(
+            f"deleted {counts['deleted']} artifact(s); {counts['failed']} deletion(s) failed and will be retried"
+        )

@@ -1,0 +1,406 @@
+"""Writes of artifacts: uploads, Docker image records, reuse, retention and the cleanup.
+
+An upload is three steps, so that a big file never passes through a transaction or the
+memory of a process: `artifact_upload_begin` makes a PENDING row (its size and sha256 as the
+runner declares them), the content goes to storage (`artifact_receive` streams a request
+body; with S3 the runner PUTs to a presigned URL instead), and `artifact_commit` checks the
+stored object against the declaration and makes the row AVAILABLE, with its expiry and, for
+a test report, the parsed summary. Trusted runners do all three at once (`artifact_store`).
+
+Deletion is storage first, rows second, and never serves a file being deleted: a row is
+marked DELETING (committed), then its file is deleted, then the row. A storage failure
+leaves the row DELETING for the next cleanup; a crash between the two steps too. Rows of a
+reused build share one file, which goes with the last row that names it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from datetime import datetime, timedelta
+from typing import IO, Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from artifacts import storage
+from artifacts.junit import Summary, summarize_archive
+from artifacts.models import Artifact, ArtifactStatus, ArtifactType, TestReport
+from artifacts.selectors import latest_default_branch_runs, reusable_source_job, run_is_on_default_branch
+from runs.models import Job, PipelineRun
+
+logger = logging.getLogger(__name__)
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,999}$")
+_FILE_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_NAME_MAX = Artifact._meta.get_field("name").max_length
+_CACHE_KEY_MAX = Artifact._meta.get_field("cache_key").max_length
+
+
+class ArtifactRefused(ValueError):
+    """The request cannot be honoured as sent: a bad name or checksum, too big, wrong state."""
+
+
+# --- Retention.
+
+
+def artifact_expires_at(*, run: PipelineRun, job_spec: dict[str, Any] | None, now: datetime) -> datetime | None:
+    """`artifacts: expire_in` of the job (`never`: None), else CONVEYOR_ARTIFACTS_EXPIRE_DAYS_
+    DEFAULT_BRANCH for runs of the repository's default branch and CONVEYOR_ARTIFACTS_EXPIRE_DAYS
+    for every other branch, tag and merge request."""
+    section = (job_spec or {}).get("artifacts") or {}
+    if "expire_in" in section:
+        seconds = section.get("expire_in_s")
+        return None if seconds is None else now + timedelta(seconds=int(seconds))
+    if run_is_on_default_branch(run):
+        return now + timedelta(days=settings.CONVEYOR_ARTIFACTS_EXPIRE_DAYS_DEFAULT_BRANCH)
+    return now + timedelta(days=settings.CONVEYOR_ARTIFACTS_EXPIRE_DAYS)
+
+
+# --- Uploads.
+
+
+def _clean_name(name: str) -> str:
+    name = (name or "").strip()
+    if not name or "\x00" in name or len(name) > _NAME_MAX:
+        raise ArtifactRefused(f"an artifact name has 1 to {_NAME_MAX} characters and no NUL")
+    return name
+
+
+def _file_name(name: str) -> str:
+    stem = _FILE_NAME_UNSAFE.sub("_", name).strip("._") or "artifacts"
+    return f"{stem[:180]}.tar.gz"
+
+
+def _check_cache_key(cache_key: str) -> str:
+    if len(cache_key) > _CACHE_KEY_MAX or "\x00" in cache_key:
+        raise ArtifactRefused(f"a cache key has at most {_CACHE_KEY_MAX} characters")
+    return cache_key
+
+
+@transaction.atomic
+def artifact_upload_begin(*, job: Job, name: str, type: str, size: int, sha256: str, cache_key: str = "") -> Artifact:
+    """A PENDING artifact of `job`, whose file is about to be uploaded: `size` bytes with this
+    sha256 (what the runner computed while writing the archive)."""
+    if type not in ArtifactType.FILES:
+        raise ArtifactRefused(f"a file artifact is {' or '.join(sorted(ArtifactType.FILES))}, not {type!r}")
+    if not isinstance(size, int) or not 0 <= size <= settings.CONVEYOR_ARTIFACTS_MAX_BYTES:
+        raise ArtifactRefused(f"an artifact has 0 to {settings.CONVEYOR_ARTIFACTS_MAX_BYTES} bytes")
+    if not _SHA256.match(sha256 or ""):
+        raise ArtifactRefused("sha256 must be 64 lowercase hex digits")
+    name = _clean_name(name)
+    artifact_id = uuid.uuid4()
+    file_name = _file_name(name)
+    return Artifact.objects.create(
+        id=artifact_id,
+        run_id=job.run_id,
+        job=job,
+        name=name,
+        type=type,
+        status=ArtifactStatus.PENDING,
+        storage_path=storage.storage_key(
+            run_id=job.run_id, job_id=job.pk, artifact_id=artifact_id, file_name=file_name
+        ),
+        file_name=file_name,
+        size_bytes=size,
+        sha256=sha256,
+        cache_key=_check_cache_key(cache_key),
+    )
+
+
+def artifact_receive(*, artifact: Artifact, stream: IO[bytes]) -> Artifact:
+    """Stream an upload's content into storage, hashing it on the way; refuse (and delete what
+    was stored) a body that is bigger than declared or whose size or sha256 differ."""
+    if artifact.status != ArtifactStatus.PENDING:
+        raise ArtifactRefused(f"artifact {artifact.pk} is {artifact.status}, not waiting for its content")
+    try:
+        stored, size, sha256 = storage.save_stream(artifact.storage_path, stream, limit=artifact.size_bytes)
+    except storage.TooLarge:
+        storage.delete(artifact.storage_path)
+        raise ArtifactRefused(f"the content is bigger than the declared {artifact.size_bytes} bytes") from None
+    if (size, sha256) != (artifact.size_bytes, artifact.sha256):
+        storage.delete(stored)
+        raise ArtifactRefused(
+            f"the content ({size} bytes, sha256 {sha256}) is not what was declared "
+            f"({artifact.size_bytes} bytes, sha256 {artifact.sha256})"
+        )
+    if stored != artifact.storage_path:
+        Artifact.objects.filter(pk=artifact.pk).update(storage_path=stored)
+        artifact.storage_path = stored
+    return artifact
+
+
+def _report_summary(artifact: Artifact) -> Summary:
+    limit = settings.CONVEYOR_ARTIFACTS_MAX_REPORT_BYTES
+    if artifact.size_bytes > limit:
+        summary = Summary()
+        summary.problem(f"the report archive has {artifact.size_bytes} bytes; reports over {limit} are not parsed")
+        return summary
+    stream = storage.open_stream(artifact.storage_path)
+    try:
+        return summarize_archive(stream, max_bytes=limit)
+    finally:
+        stream.close()
+
+
+def artifact_commit(*, artifact: Artifact, now: datetime | None = None) -> Artifact:
+    """The upload is complete: check the stored object against the declaration and make the
+    artifact AVAILABLE with its expiry (a test report also gets its parsed summary).
+    Idempotent: committing an AVAILABLE artifact again changes nothing."""
+    if artifact.status == ArtifactStatus.AVAILABLE:
+        return artifact
+    if artifact.status != ArtifactStatus.PENDING:
+        raise ArtifactRefused(f"artifact {artifact.pk} is {artifact.status}")
+    size = storage.stored_size(artifact.storage_path)
+    if size is None:
+        raise ArtifactRefused("nothing was uploaded")
+    verified = storage.stored_sha256(artifact.storage_path)
+    if size != artifact.size_bytes or (verified and verified != artifact.sha256):
+        storage.delete(artifact.storage_path)
+        raise ArtifactRefused(f"the stored object ({size} bytes) is not what was declared ({artifact.size_bytes})")
+    summary = _report_summary(artifact) if artifact.type == ArtifactType.TEST_REPORT else None
+    now = now or timezone.now()
+    job = Job.objects.select_related("run__pipeline__repository").get(pk=artifact.job_id)
+    expires_at = artifact_expires_at(run=job.run, job_spec=job.spec, now=now)
+    with transaction.atomic():
+        updated = Artifact.objects.filter(pk=artifact.pk, status=ArtifactStatus.PENDING).update(
+            status=ArtifactStatus.AVAILABLE, expires_at=expires_at
+        )
+        if updated != 1:
+            artifact.refresh_from_db()
+            return artifact  # committed concurrently (a retried request)
+        if summary is not None:
+            _test_report_create(artifact=artifact, summary=summary)
+    artifact.status, artifact.expires_at = ArtifactStatus.AVAILABLE, expires_at
+    return artifact
+
+
+def _test_report_create(*, artifact: Artifact, summary: Summary) -> TestReport:
+    return TestReport.objects.create(
+        artifact=artifact,
+        run_id=artifact.run_id,
+        job_id=artifact.job_id,
+        suites=summary.suites,
+        tests=summary.tests,
+        failures=summary.failures,
+        errors=summary.errors,
+        skipped=summary.skipped,
+        duration_s=round(summary.duration_s, 3),
+        failed_cases=summary.failed_cases,
+        failed_cases_truncated=summary.failed_cases_truncated,
+        problems=summary.problems,
+    )
+
+
+def artifact_store(
+    *, job: Job, name: str, type: str, file: IO[bytes], size: int, sha256: str, cache_key: str = ""
+) -> Artifact:
+    """Upload in one call, straight to storage: what trusted runners (the ORM backend) do."""
+    artifact = artifact_upload_begin(job=job, name=name, type=type, size=size, sha256=sha256, cache_key=cache_key)
+    artifact_receive(artifact=artifact, stream=file)
+    return artifact_commit(artifact=artifact)
+
+
+@transaction.atomic
+def artifact_docker_record(
+    *, job: Job, reference: str, digest: str, name: str = "", cache_key: str = "", now: datetime | None = None
+) -> Artifact:
+    """Record an image the job pushed to a registry: its reference and manifest digest."""
+    if not _REFERENCE.match(reference or ""):
+        raise ArtifactRefused("an image reference is registry/name:tag, without spaces, at most 1000 characters")
+    if not _DIGEST.match(digest or ""):
+        raise ArtifactRefused("a digest is sha256: and 64 lowercase hex digits")
+    now = now or timezone.now()
+    run = PipelineRun.objects.select_related("pipeline__repository").get(pk=job.run_id)
+    return Artifact.objects.create(
+        run=run,
+        job=job,
+        name=_clean_name(name or reference[-_NAME_MAX:]),
+        type=ArtifactType.DOCKER,
+        status=ArtifactStatus.AVAILABLE,
+        storage_path=reference,
+        digest=digest,
+        cache_key=_check_cache_key(cache_key),
+        expires_at=artifact_expires_at(run=run, job_spec=job.spec, now=now),
+    )
+
+
+# --- Reuse.
+
+
+@transaction.atomic
+def artifacts_reuse(*, job: Job, cache_key: str, now: datetime | None = None) -> tuple[Job | None, list[Artifact]]:
+    """If a successful job of the same repository built artifacts with `cache_key` and they
+    are all still servable, link copies of them to `job` (sharing their files) and return
+    (that job, the copies); else (None, []). The copies' rows are locked first, so the
+    cleanup (which claims rows with SKIP LOCKED) cannot delete a file being reused."""
+    _check_cache_key(cache_key)
+    now = now or timezone.now()
+    source = reusable_source_job(job=job, cache_key=cache_key, now=now)
+    if source is None:
+        return None, []
+    rows = list(
+        Artifact.objects.select_for_update(of=("self",))
+        .select_related("test_report")
+        .filter(job=source, cache_key=cache_key)
+        .order_by("created_at")
+    )
+    if not rows or any(
+        row.status != ArtifactStatus.AVAILABLE or (row.expires_at and row.expires_at <= now) for row in rows
+    ):
+        return None, []  # the cleanup took them meanwhile: build
+    run = PipelineRun.objects.select_related("pipeline__repository").get(pk=job.run_id)
+    expires_at = artifact_expires_at(run=run, job_spec=job.spec, now=now)
+    copies = []
+    for row in rows:
+        copy = Artifact.objects.create(
+            run=run,
+            job=job,
+            name=row.name,
+            type=row.type,
+            status=ArtifactStatus.AVAILABLE,
+            storage_path=row.storage_path,
+            file_name=row.file_name,
+            size_bytes=row.size_bytes,
+            sha256=row.sha256,
+            digest=row.digest,
+            cache_key=row.cache_key,
+            reused_from_id=row.reused_from_id or row.pk,
+            expires_at=expires_at,
+        )
+        report = getattr(row, "test_report", None)
+        if report is not None:
+            TestReport.objects.create(
+                artifact=copy,
+                run=run,
+                job=job,
+                **{
+                    name: getattr(report, name)
+                    for name in (
+                        "suites",
+                        "tests",
+                        "failures",
+                        "errors",
+                        "skipped",
+                        "duration_s",
+                        "failed_cases",
+                        "failed_cases_truncated",
+                        "problems",
+                    )
+                },
+            )
+        copies.append(copy)
+    return source, copies
+
+
+# --- Deletion and the nightly cleanup.
+
+
+def _due_for_cleanup(now: datetime):
+    """Expired available artifacts (but not those of each pipeline's latest successful
+    default-branch run, with CONVEYOR_ARTIFACTS_KEEP_LATEST) and abandoned uploads."""
+    abandoned = now - timedelta(hours=settings.CONVEYOR_ARTIFACTS_PENDING_HOURS)
+    expired = Artifact.objects.filter(status=ArtifactStatus.AVAILABLE, expires_at__lte=now)
+    if settings.CONVEYOR_ARTIFACTS_KEEP_LATEST:
+        expired = expired.exclude(run_id__in=latest_default_branch_runs())
+    stale = Artifact.objects.filter(status=ArtifactStatus.PENDING, created_at__lt=abandoned)
+    return expired | stale
+
+
+def _delete_claimed(artifact_id: Any) -> str:
+    """Delete one DELETING artifact: its file (unless another row still names it), then its
+    row. Returns "deleted", "busy" (another cleanup has it) or raises the storage's error, in
+    which case the row stays DELETING for the next attempt."""
+    with transaction.atomic():
+        row = (
+            Artifact.objects.select_for_update(skip_locked=True)
+            .filter(pk=artifact_id, status=ArtifactStatus.DELETING)
+            .first()
+        )
+        if row is None:
+            return "busy"
+        if row.is_file and row.storage_path:
+            shared = (
+                Artifact.objects.filter(storage_path=row.storage_path)
+                .exclude(pk=row.pk)
+                .exclude(status=ArtifactStatus.DELETING)
+                .exists()
+            )
+            if not shared:
+                storage.delete(row.storage_path)
+        row.delete()
+    return "deleted"
+
+
+def _delete_ids(ids: list[Any], counts: dict[str, int]) -> None:
+    for artifact_id in ids:
+        try:
+            outcome = _delete_claimed(artifact_id)
+        except Exception as exc:  # the storage is down, refuses, times out: retried next time
+            counts["failed"] += 1
+            logger.warning("artifact %s: deleting its file failed (%s); the next cleanup retries", artifact_id, exc)
+            continue
+        if outcome == "deleted":
+            counts["deleted"] += 1
+
+
+def artifacts_delete(*, artifact_ids: list[Any]) -> dict[str, int]:
+    """Delete artifacts now (the admin): storage first, then rows, like the cleanup."""
+    counts = {"deleted": 0, "failed": 0}
+    with transaction.atomic():
+        ids = list(
+            Artifact.objects.select_for_update(skip_locked=True)
+            .filter(pk__in=artifact_ids)
+            .exclude(status=ArtifactStatus.DELETING)
+            .values_list("pk", flat=True)
+        )
+        Artifact.objects.filter(pk__in=ids).update(status=ArtifactStatus.DELETING)
+    _delete_ids(list(artifact_ids), counts)
+    return counts
+
+
+def artifacts_cleanup(
+    *, now: datetime | None = None, batch_size: int | None = None, dry_run: bool = False
+) -> dict[str, int]:
+    """The nightly cleanup: first retry the deletions that failed before, then claim expired
+    artifacts and abandoned uploads a batch at a time (FOR UPDATE SKIP LOCKED, marked
+    DELETING in a short transaction) and delete each: file first, then row. Two cleanups at
+    once share the work; a crash leaves DELETING rows that the next run finishes."""
+    now = now or timezone.now()
+    batch_size = batch_size or settings.CONVEYOR_ARTIFACTS_CLEANUP_BATCH
+    if dry_run:
+        return {
+            "due": _due_for_cleanup(now).count(),
+            "retry": Artifact.objects.filter(status=ArtifactStatus.DELETING).count(),
+        }
+    counts = {"claimed": 0, "deleted": 0, "failed": 0}
+    # Deletions that failed before (served by the partial index artifact_unavailable_idx),
+    # each looked at once per run: keyset pages by id.
+    last = None
+    while True:
+        page = Artifact.objects.filter(status=ArtifactStatus.DELETING).order_by("pk")
+        if last is not None:
+            page = page.filter(pk__gt=last)
+        ids = list(page.values_list("pk", flat=True)[:batch_size])
+        if not ids:
+            break
+        last = ids[-1]
+        _delete_ids(ids, counts)
+    while True:
+        with transaction.atomic():
+            ids = list(
+                _due_for_cleanup(now)
+                .select_for_update(skip_locked=True, of=("self",))
+                .order_by("expires_at", "created_at")
+                .values_list("pk", flat=True)[:batch_size]
+            )
+            Artifact.objects.filter(pk__in=ids).update(status=ArtifactStatus.DELETING)
+        if not ids:
+            break
+        counts["claimed"] += len(ids)
+        _delete_ids(ids, counts)
+    return counts

@@ -1,0 +1,217 @@
+"""Artifact endpoints: the runner API's (under /api/runner/, authenticated by the job's own
+token, CI_JOB_TOKEN, or by the runner holding the job) and the download page for people.
+
+Thin: authenticate, parse, call a service or selector, answer. Bodies are streamed in both
+directions: an upload is read from the request in pieces straight into storage, a download
+is sent in pieces (under ASGI through an async iterator, which Django streams as it goes;
+a sync iterator it would first read whole into memory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from functools import wraps
+from typing import IO, Any
+
+from asgiref.sync import sync_to_async
+from django.contrib.auth.decorators import login_required
+from django.core.handlers.asgi import ASGIRequest
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseRedirect,
+    JsonResponse,
+    StreamingHttpResponse,
+)
+from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_http_methods
+
+from artifacts import selectors, services, storage
+from artifacts.models import Artifact, ArtifactStatus
+from runners.api import BadRequest, _bearer, _error, _field, _json_body
+from runners.services import JobNotHeld, RunnerAuthError
+from runs.models import Job
+
+
+def job_call(*methods: str) -> Callable:
+    """A runner-API artifact call about a RUNNING job: authenticate, map errors to statuses."""
+
+    def decorate(view: Callable) -> Callable:
+        @csrf_exempt
+        @require_http_methods(list(methods))
+        @wraps(view)
+        def wrapper(request: HttpRequest, job_id, **kwargs):
+            try:
+                job = selectors.job_for_artifact_call(job_id=job_id, token=_bearer(request))
+                return view(request, job, **kwargs)
+            except RunnerAuthError as exc:
+                return _error(401, str(exc))
+            except JobNotHeld as exc:
+                return _error(409, str(exc), code="job_not_held")
+            except (BadRequest, services.ArtifactRefused) as exc:
+                return _error(400, str(exc))
+
+        return wrapper
+
+    return decorate
+
+
+def _describe(artifact: Artifact) -> dict[str, Any]:
+    return {
+        "id": str(artifact.pk),
+        "name": artifact.name,
+        "type": artifact.type,
+        "status": artifact.status,
+        "job": artifact.job.name if artifact.job else "",
+        "size": artifact.size_bytes,
+        "sha256": artifact.sha256,
+        "digest": artifact.digest,
+        "reference": artifact.storage_path if not artifact.is_file else "",
+        "expires_at": artifact.expires_at.isoformat() if artifact.expires_at else None,
+    }
+
+
+def _own_artifact(job: Job, artifact_id) -> Artifact:
+    artifact = Artifact.objects.filter(pk=artifact_id, job=job).first()
+    if artifact is None:
+        raise Http404("no such artifact of this job")
+    return artifact
+
+
+@job_call("POST")
+def upload_begin(request: HttpRequest, job: Job) -> JsonResponse:
+    """{"name", "type": BINARY|TEST_REPORT, "size", "sha256", "cache_key"?} -> where to PUT it."""
+    data = _json_body(request)
+    artifact = services.artifact_upload_begin(
+        job=job,
+        name=_field(data, "name", str),
+        type=_field(data, "type", str),
+        size=_field(data, "size", int),
+        sha256=_field(data, "sha256", str),
+        cache_key=_field(data, "cache_key", str, ""),
+    )
+    target = storage.presigned_upload(artifact.storage_path, size=artifact.size_bytes, sha256=artifact.sha256)
+    if target is None:
+        # Through this server: the path is relative to the runner API's root.
+        target = {"method": "PUT", "path": f"jobs/{job.pk}/artifacts/{artifact.pk}/content", "headers": {}}
+    return JsonResponse(
+        {"id": str(artifact.pk), "upload": target, "commit": f"jobs/{job.pk}/artifacts/{artifact.pk}/commit"},
+        status=201,
+    )
+
+
+@job_call("PUT")
+def upload_content(request: HttpRequest, job: Job, artifact_id) -> JsonResponse:
+    artifact = _own_artifact(job, artifact_id)
+    services.artifact_receive(artifact=artifact, stream=request)
+    return JsonResponse({"size": artifact.size_bytes, "sha256": artifact.sha256})
+
+
+@job_call("POST")
+def upload_commit(request: HttpRequest, job: Job, artifact_id) -> JsonResponse:
+    artifact = services.artifact_commit(artifact=_own_artifact(job, artifact_id))
+    return JsonResponse(_describe(artifact))
+
+
+@job_call("POST")
+def docker_record(request: HttpRequest, job: Job) -> JsonResponse:
+    """{"reference": "registry/name:tag", "digest": "sha256:...", "name"?, "cache_key"?}"""
+    data = _json_body(request)
+    artifact = services.artifact_docker_record(
+        job=job,
+        reference=_field(data, "reference", str),
+        digest=_field(data, "digest", str),
+        name=_field(data, "name", str, ""),
+        cache_key=_field(data, "cache_key", str, ""),
+    )
+    return JsonResponse(_describe(artifact), status=201)
+
+
+@job_call("POST")
+def reuse(request: HttpRequest, job: Job) -> JsonResponse:
+    """{"cache_key"} -> {"reused": true, "source": {...}, "artifacts": [...]} or {"reused": false}."""
+    source, copies = services.artifacts_reuse(job=job, cache_key=_field(_json_body(request), "cache_key", str))
+    if source is None:
+        return JsonResponse({"reused": False})
+    return JsonResponse(
+        {
+            "reused": True,
+            "source": {"job": source.name, "job_id": str(source.pk), "run": source.run.number},
+            "artifacts": [_describe(a) for a in copies],
+        }
+    )
+
+
+@job_call("GET")
+def dependencies(request: HttpRequest, job: Job) -> JsonResponse:
+    """The archives of the jobs this job depends on, in unpacking order, with where to get
+    each (a presigned URL with S3, else a path of this API), and those that expired."""
+    available, gone = selectors.job_dependency_artifacts(job=job)
+    listed = []
+    for artifact in available:
+        entry = _describe(artifact)
+        url = storage.presigned_download(artifact.storage_path, file_name=artifact.file_name)
+        entry.update({"url": url} if url else {"path": f"jobs/{job.pk}/artifacts/{artifact.pk}/content"})
+        listed.append(entry)
+    return JsonResponse({"artifacts": listed, "missing": [_describe(a) for a in gone]})
+
+
+@job_call("GET")
+def dependency_content(request: HttpRequest, job: Job, artifact_id) -> HttpResponse:
+    available, _ = selectors.job_dependency_artifacts(job=job)
+    artifact = next((a for a in available if str(a.pk) == str(artifact_id)), None)
+    if artifact is None:
+        raise Http404("not an artifact this job depends on")
+    return _file_response(request, artifact)
+
+
+@csrf_exempt
+def content(request: HttpRequest, job_id, artifact_id) -> HttpResponse:
+    """PUT: the job uploads one of its own artifacts. GET: it downloads one it depends on."""
+    if request.method == "PUT":
+        return upload_content(request, job_id, artifact_id=artifact_id)
+    return dependency_content(request, job_id, artifact_id=artifact_id)
+
+
+@login_required
+@require_GET
+def download(request: HttpRequest, artifact_id) -> HttpResponse:
+    artifact = selectors.artifact_for_download(user=request.user, artifact_id=artifact_id)
+    if artifact is None or not artifact.is_file:
+        raise Http404("no such artifact")
+    return _file_response(request, artifact)
+
+
+def download_url(artifact: Artifact) -> str:
+    return reverse("artifacts:download", args=[artifact.pk])
+
+
+# --- Streaming a stored file out.
+
+
+def _file_response(request: HttpRequest, artifact: Artifact) -> HttpResponse:
+    url = storage.presigned_download(artifact.storage_path, file_name=artifact.file_name)
+    if url:
+        return HttpResponseRedirect(url)
+    if artifact.status != ArtifactStatus.AVAILABLE:
+        raise Http404("no such artifact")
+    stream = storage.open_stream(artifact.storage_path)
+    headers = {"Content-Disposition": f'attachment; filename="{artifact.file_name}"'}
+    if isinstance(request, ASGIRequest):
+        response = StreamingHttpResponse(_aiter(stream), content_type="application/gzip", headers=headers)
+        response["Content-Length"] = str(artifact.size_bytes)
+        return response
+    # WSGI streams a FileResponse itself (wsgi.file_wrapper).
+    return FileResponse(stream, as_attachment=True, filename=artifact.file_name, content_type="application/gzip")
+
+
+async def _aiter(stream: IO[bytes]) -> AsyncIterator[bytes]:
+    read = sync_to_async(stream.read, thread_sensitive=False)
+    try:
+        while chunk := await read(storage.CHUNK_BYTES):
+            yield chunk
+    finally:
+        await sync_to_async(stream.close, thread_sensitive=False)()

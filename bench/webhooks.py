@@ -1,0 +1,149 @@
+"""Webhook endpoint latency: bursts of concurrent signed deliveries against a real uvicorn server.
+
+The endpoint only verifies, stores and queues (the run is created by a Celery task later);
+this measures what a forge waits for. The server runs on the benchmark database, and its
+tasks go to a Redis database of their own, emptied afterwards (no worker consumes them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from bench.common import BENCH_DB, summary_ms
+
+ROOT = Path(__file__).resolve().parent.parent
+BROKER_DB = 15
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _server_env() -> dict[str, str]:
+    from django.conf import settings
+
+    url = urlsplit(settings.DATABASE_URL)
+    env = {**os.environ, "DATABASE_URL": urlunsplit(url._replace(path="/" + BENCH_DB))}
+    env["CELERY_BROKER_URL"] = _broker_url()
+    env["CONVEYOR_VAR_DIR"] = str(_var_dir())
+    return env
+
+
+def _var_dir() -> Path:
+    from cicd import embedded
+
+    return embedded.var_dir()
+
+
+def _broker_url() -> str:
+    from django.conf import settings
+
+    base = settings.CELERY_BROKER_URL
+    return f"{base}{'&' if '?' in base else '?'}virtual_host={BROKER_DB}" if "socket" in base else f"{base}/{BROKER_DB}"
+
+
+def _wait_healthy(port: int, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("the web server exited during start-up")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the web server did not become healthy")
+
+
+def _signed(secret: str, repository: str) -> tuple[bytes, dict[str, str]]:
+    sha = uuid.uuid4().hex + uuid.uuid4().hex[:8]
+    body = json.dumps({"ref": "refs/heads/main", "after": sha, "pusher": "bench", "repository": repository}).encode()
+    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    headers = {
+        "Content-Type": "application/json",
+        "X-Conveyor-Signature-256": signature,
+        "Idempotency-Key": sha,
+    }
+    return body, headers
+
+
+def webhook_latency(*, concurrency: int, rounds: int) -> dict[str, object]:
+    from pipelines.models import Pipeline, Repository, WebhookDelivery
+
+    repository, _ = Repository.objects.get_or_create(name="bench-hooks", defaults={"clone_url": "/nonexistent"})
+    Pipeline.objects.get_or_create(repository=repository, name="default")
+    WebhookDelivery.objects.filter(repository=repository).delete()
+    port = _free_port()
+    command = [sys.executable, "-m", "uvicorn", "cicd.asgi:application", "--port", str(port), "--log-level", "warning"]
+    server = subprocess.Popen(command, cwd=ROOT, env=_server_env())  # noqa: S603 (our own interpreter)
+    try:
+        _wait_healthy(port, server)
+        latencies: list[float] = []
+        statuses: dict[int, int] = {}
+        lock = threading.Lock()
+        path = f"/webhooks/generic/?repository={repository.name}"
+
+        def client(barrier: threading.Barrier) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            for _ in range(rounds):
+                body, headers = _signed(repository.webhook_secret, repository.name)
+                barrier.wait()  # every round is a burst of `concurrency` deliveries at once
+                started = time.perf_counter()
+                conn.request("POST", path, body=body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                elapsed = time.perf_counter() - started
+                with lock:
+                    latencies.append(elapsed)
+                    statuses[response.status] = statuses.get(response.status, 0) + 1
+            conn.close()
+
+        barrier = threading.Barrier(concurrency)
+        threads = [threading.Thread(target=client, args=(barrier,)) for _ in range(concurrency)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - started
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        _flush_broker()
+    stored = WebhookDelivery.objects.filter(repository=repository).count()
+    return {
+        "deliveries": len(latencies),
+        "concurrency": concurrency,
+        "statuses": ",".join(f"{code}x{n}" for code, n in sorted(statuses.items())),
+        "stored": stored,
+        "per_s": round(len(latencies) / elapsed),
+        **summary_ms(latencies),
+    }
+
+
+def _flush_broker() -> None:
+    import redis
+    from django.conf import settings
+
+    url = settings.REDIS_URL
+    client = redis.Redis.from_url(url, db=BROKER_DB) if not url.startswith("unix://") else None
+    if client is None:
+        client = redis.Redis(unix_socket_path=urlsplit(url).path, db=BROKER_DB)
+    client.flushdb()

@@ -1,0 +1,338 @@
+"""Webhook deliveries: receive (authenticate, store, answer) and process (fetch, create runs).
+
+Receiving is all the HTTP request does: find the repository, check the signature, read the
+event, store the delivery, answer. A Celery task sent after commit (`process_delivery`)
+does the slow part: fetch the repository into its mirror, read the config at the commit
+and create the run, once per pipeline that takes the event. A delivery is keyed by
+(provider, delivery id), so a redelivery finds the first one and creates nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from pipelines import selectors, services, webhooks
+from pipelines.models import (
+    DeliveryStatus,
+    Pipeline,
+    Repository,
+    Trigger,
+    WebhookDelivery,
+    WebhookProvider,
+)
+from pipelines.webhooks import EventKind, WebhookError, WebhookEvent
+
+logger = logging.getLogger(__name__)
+
+# A delivery PROCESSING for longer than this lost its worker (killed mid-task): it may be taken again.
+PROCESSING_STALE_AFTER = timedelta(minutes=15)
+# A QUEUED delivery older than this lost its task (the broker was down at commit): sent again.
+QUEUED_STALE_AFTER = timedelta(minutes=2)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: dict[str, Any]
+
+
+def clean_text(value: str, limit: int) -> str:
+    """Fit for a text column: no NUL (PostgreSQL refuses it), no lone surrogates, bounded."""
+    return value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")[:limit]
+
+
+# --- Receiving.
+
+
+def _find_repository(request: webhooks.Request, payload_loader: Any) -> tuple[Repository, dict[str, Any]]:
+    """The repository the request is for, authenticated by its signature, and the payload.
+
+    With ?repository=<name> the signature is checked before the body is parsed. Without it,
+    the payload names the repository (owner/name or clone URL; the generic format's
+    "repository"); when several repositories match, the one whose secret signed it wins.
+    """
+    if request.query_repository:
+        repository = Repository.objects.filter(name=request.query_repository).first()
+        if repository is None:
+            raise WebhookError(404, f"no repository named {request.query_repository!r}")
+        webhooks.verify_signature(
+            request.provider, secret=repository.webhook_secret, headers=request.headers, body=request.body
+        )
+        return repository, payload_loader()
+    payload = payload_loader()
+    if request.provider == WebhookProvider.GENERIC:
+        name = payload.get("repository")
+        if not isinstance(name, str) or not name:
+            raise webhooks.bad_request("say which repository: ?repository=<name> or a 'repository' field")
+        candidates = list(Repository.objects.filter(name=clean_text(name, 200)))
+        if not candidates:
+            raise WebhookError(404, f"no repository named {name[:200]!r}")
+    else:
+        where = webhooks.repository_keys(request.provider, payload)
+        candidates = selectors.repositories_for_payload(paths=where["repository_paths"], urls=where["repository_urls"])
+        if not candidates:
+            named = ", ".join(where["repository_paths"] or where["repository_urls"][:1]) or "nothing"
+            raise WebhookError(
+                404,
+                f"no repository matches the payload ({named[:200]}): set the repository's forge project "
+                "or clone URL, or add ?repository=<name> to the webhook URL",
+            )
+    failure: WebhookError | None = None
+    for repository in candidates:
+        try:
+            webhooks.verify_signature(
+                request.provider, secret=repository.webhook_secret, headers=request.headers, body=request.body
+            )
+        except WebhookError as exc:
+            failure = exc
+            continue
+        return repository, payload
+    assert failure is not None
+    raise failure
+
+
+def webhook_receive(*, request: webhooks.Request) -> Answer:
+    """Authenticate and store a webhook delivery; queue its processing after commit.
+
+    Raises WebhookError (400, 401, 404) for a request that cannot be accepted: then nothing
+    is stored. Ignored events (pings, closed pull requests, deleted branches, other events)
+    are stored too, as IGNORED, so the admin shows everything a forge sent.
+    """
+    repository, payload = _find_repository(request, lambda: webhooks.decode_payload(request.body, request.content_type))
+    event_name = webhooks.event_name(request.provider, request.headers)
+    event = webhooks.parse_event(request.provider, event_name, payload)
+    delivery_id = webhooks.delivery_id_from(request.provider, request.headers) or webhooks.body_delivery_id(
+        repository.pk, request.body
+    )
+
+    existing = WebhookDelivery.objects.filter(provider=request.provider, delivery_id=delivery_id).first()
+    if existing is not None:
+        return _redelivery(existing)
+    status = DeliveryStatus.QUEUED if event.runs else DeliveryStatus.IGNORED
+    try:
+        with transaction.atomic():
+            delivery = WebhookDelivery.objects.create(
+                provider=request.provider,
+                delivery_id=clean_text(delivery_id, 255),
+                repository=repository,
+                event=clean_text(event_name or event.event, 100),
+                action=clean_text(event.action, 64),
+                ref=clean_text(event.ref, 255),
+                commit_sha=event.sha,
+                body=request.body.decode("utf-8"),
+                content_type=clean_text(request.content_type, 200),
+                headers={name: clean_text(value, 500) for name, value in request.kept_headers.items()},
+                status=status,
+                result=clean_text(event.reason, 1000) if not event.runs else "",
+                processed_at=None if event.runs else timezone.now(),
+            )
+            if event.runs:
+                _send_after_commit(delivery.pk)
+    except IntegrityError:
+        # The same delivery arrived twice at once; the other request stored it.
+        existing = WebhookDelivery.objects.filter(provider=request.provider, delivery_id=delivery_id).first()
+        if existing is None:
+            raise
+        return _redelivery(existing)
+    if event.kind == EventKind.PING:
+        return Answer(200, {"status": "pong", "delivery": delivery.pk, "repository": repository.name})
+    if not event.runs:
+        return Answer(202, {"status": "ignored", "reason": event.reason, "delivery": delivery.pk})
+    return Answer(
+        202,
+        {
+            "status": "queued",
+            "delivery": delivery.pk,
+            "repository": repository.name,
+            "ref": event.ref,
+            "sha": event.sha,
+        },
+    )
+
+
+def _redelivery(delivery: WebhookDelivery) -> Answer:
+    body: dict[str, Any] = {"status": "duplicate", "delivery": delivery.pk, "delivery_status": delivery.status}
+    # A delivery that failed (an unreachable repository, say) is tried again: its runs were
+    # never created, and processing is idempotent anyway.
+    if delivery.status == DeliveryStatus.FAILED and delivery_replay(delivery=delivery):
+        body["status"] = "requeued"
+        body["delivery_status"] = DeliveryStatus.QUEUED
+    return Answer(200, body)
+
+
+def _send_after_commit(delivery_id: int) -> None:
+    from pipelines.tasks import process_delivery
+
+    # robust: a broker that is down must not turn the answer into a 500; the delivery stays
+    # QUEUED and deliveries_resend_stuck sends it again.
+    transaction.on_commit(partial(process_delivery.delay, delivery_id), robust=True)
+
+
+@transaction.atomic
+def delivery_replay(*, delivery: WebhookDelivery) -> bool:
+    """Process a delivery again (admin "replay", a redelivery of a failed one). Runs that
+    already exist for its commit are linked, not created twice. False if it is being
+    processed right now."""
+    if delivery.status in DeliveryStatus.PENDING:
+        return False
+    updated = WebhookDelivery.objects.filter(pk=delivery.pk, status=delivery.status).update(
+        status=DeliveryStatus.QUEUED, error_message="", started_at=None, processed_at=None
+    )
+    if updated != 1:
+        return False
+    delivery.status = DeliveryStatus.QUEUED
+    _send_after_commit(delivery.pk)
+    return True
+
+
+def deliveries_resend_stuck(*, now: datetime | None = None) -> int:
+    """Send the task again for deliveries whose task was lost (QUEUED too long) or whose
+    worker died (PROCESSING too long). Safe to run twice at once: processing claims first."""
+    from pipelines.tasks import process_delivery
+
+    now = now or timezone.now()
+    # Served by the partial index delivery_pending_idx.
+    stuck = list(
+        WebhookDelivery.objects.filter(
+            Q(status=DeliveryStatus.QUEUED, received_at__lt=now - QUEUED_STALE_AFTER)
+            | Q(status=DeliveryStatus.PROCESSING, started_at__lt=now - PROCESSING_STALE_AFTER)
+        )
+        .order_by("received_at")
+        .values_list("pk", flat=True)[:500]
+    )
+    for pk in stuck:
+        process_delivery.delay(pk)
+    return len(stuck)
+
+
+def deliveries_prune(*, now: datetime | None = None) -> int:
+    """Delete processed deliveries older than CONVEYOR_WEBHOOK_RETENTION_DAYS."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.CONVEYOR_WEBHOOK_RETENTION_DAYS)
+    deleted, _ = (
+        WebhookDelivery.objects.filter(received_at__lt=cutoff, status__in=sorted(DeliveryStatus.TERMINAL))
+        .order_by()
+        .delete()
+    )
+    return deleted
+
+
+# --- Processing.
+
+
+@dataclass
+class _Outcome:
+    status: str
+    result: str
+    error: str = ""
+    runs: list[Any] = field(default_factory=list)
+
+
+def _claim(delivery_id: int, *, now: datetime) -> WebhookDelivery | None:
+    """QUEUED -> PROCESSING (or a stale PROCESSING taken over), guarded: one worker wins."""
+    claimable = Q(status=DeliveryStatus.QUEUED) | Q(
+        status=DeliveryStatus.PROCESSING, started_at__lt=now - PROCESSING_STALE_AFTER
+    )
+    updated = WebhookDelivery.objects.filter(claimable, pk=delivery_id).update(
+        status=DeliveryStatus.PROCESSING, started_at=now, attempts=F("attempts") + 1
+    )
+    if updated != 1:
+        return None
+    return WebhookDelivery.objects.select_related("repository").get(pk=delivery_id)
+
+
+def _finish(delivery: WebhookDelivery, outcome: _Outcome) -> None:
+    with transaction.atomic():
+        updated = WebhookDelivery.objects.filter(
+            pk=delivery.pk, status=DeliveryStatus.PROCESSING, started_at=delivery.started_at
+        ).update(
+            status=outcome.status,
+            result=clean_text(outcome.result, 1000),
+            error_message=clean_text(outcome.error, 10_000),
+            processed_at=timezone.now(),
+        )
+        if updated == 1 and outcome.runs:
+            delivery.runs.add(*outcome.runs)
+    delivery.status = outcome.status
+
+
+def delivery_process(*, delivery_id: int) -> WebhookDelivery | None:
+    """Create the runs of a stored delivery. Returns None if another worker has it or it was
+    processed already (a task delivered twice). Never raises for a bad delivery: the outcome
+    is stored on it (FAILED with the reason)."""
+    delivery = _claim(delivery_id, now=timezone.now())
+    if delivery is None:
+        return None
+    try:
+        outcome = _process(delivery)
+    except Exception as exc:  # a bug must not leave the delivery PROCESSING for good
+        logger.exception("webhook delivery %s: processing failed", delivery.pk)
+        outcome = _Outcome(DeliveryStatus.FAILED, "internal error", f"{type(exc).__name__}: {exc}")
+    _finish(delivery, outcome)
+    return delivery
+
+
+def _process(delivery: WebhookDelivery) -> _Outcome:
+    try:
+        payload = webhooks.decode_payload(delivery.body.encode("utf-8"), delivery.content_type)
+        event = webhooks.parse_event(delivery.provider, delivery.event, payload)
+    except WebhookError as exc:
+        return _Outcome(DeliveryStatus.FAILED, "unreadable payload", exc.message)
+    if not event.runs:
+        return _Outcome(DeliveryStatus.IGNORED, event.reason)
+    trigger = Trigger.PR if event.kind == EventKind.PULL_REQUEST else Trigger.PUSH
+    pipelines = selectors.pipelines_for_event(repository=delivery.repository, trigger=trigger)
+    if not pipelines:
+        what = "pull request" if trigger == Trigger.PR else "push"
+        return _Outcome(
+            DeliveryStatus.SKIPPED, f"no active pipeline of {delivery.repository.name} runs for {what} events"
+        )
+    results = [_run_pipeline(pipeline, event, trigger=trigger, delivery=delivery) for pipeline in pipelines]
+    runs = [r.run for r in results if r.run is not None]
+    errors = [r.message for r in results if r.failed]
+    summary = "; ".join(r.message for r in results)
+    if errors and not runs:
+        return _Outcome(DeliveryStatus.FAILED, summary, "\n".join(errors))
+    if not runs:
+        return _Outcome(DeliveryStatus.SKIPPED, summary)
+    return _Outcome(DeliveryStatus.DONE, summary, "\n".join(errors), runs)
+
+
+def _run_pipeline(
+    pipeline: Pipeline, event: WebhookEvent, *, trigger: str, delivery: WebhookDelivery
+) -> services.EventRun:
+    from pipelines.commit_status import commit_status_enqueue
+
+    pr = event.pull_request
+    # One canonical run per commit and branch: a branch push and its pull request share it,
+    # unless the pipeline asks for separate pull request runs.
+    dedupe = (trigger,) if pipeline.separate_pr_runs else (Trigger.PUSH, Trigger.PR)
+    try:
+        result = services.run_trigger_once(
+            pipeline=pipeline,
+            ref=event.ref,
+            commit_sha=event.sha,
+            is_tag=event.kind == EventKind.TAG,
+            trigger=trigger,
+            triggered_by=clean_text(event.actor, 255),
+            ci_variables=event.ci_variables(),
+            extra_refs=(pr.head_ref,) if pr is not None and pr.head_ref else (),
+            dedupe_triggers=dedupe,
+        )
+    except services.RunNotCreated as exc:
+        return services.EventRun(run=None, created=False, message=f"{pipeline.name}: no run ({exc})")
+    except services.TriggerError as exc:
+        return services.EventRun(run=None, created=False, message=f"{pipeline.name}: {exc}", failed=True)
+    if result.created and result.run is not None:
+        services.runs_cancel_superseded(run=result.run, event_time=delivery.received_at)
+        commit_status_enqueue(run_id=result.run.pk)
+    return result

@@ -1,0 +1,504 @@
+"""A job's artifacts on the runner: what it receives before its steps, what it keeps after.
+
+Before the steps (`JobArtifacts.before_steps`): with `artifacts: reuse:`, compute the job's
+reuse key and ask the server for an earlier successful build with that key; if there is one
+its artifacts are linked to this job and the steps are skipped. Otherwise the archives of
+the jobs it depends on are downloaded (streamed to a file, sha256 checked) and unpacked into
+the project directory, safely (runners.archives).
+
+After the steps (`JobArtifacts.after_steps`), as `artifacts: when:` says: `paths` (minus
+`exclude`) become a BINARY archive named `name`, `reports: junit` a TEST_REPORT archive, and
+the images the job recorded with `conveyor-artifact docker` DOCKER artifacts; each archive
+is written to disk while hashed, then uploaded streaming.
+
+The transfers go through an ArtifactTransport: the server's services straight away on
+trusted runners (`OrmArtifacts`), the runner API with the job's own token over HTTP
+(`HttpArtifacts`; with S3 storage, presigned URLs straight to the bucket).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from runners import archives
+from runners.executors.base import JobResult, LogStream, Reporter
+from runners.services import ClaimedJob, ClaimedStep, JobNotHeld
+from runs.models import StepStatus
+
+logger = logging.getLogger(__name__)
+
+CLI_NAME = "conveyor-artifact"
+REUSE_KEY_VERSION = "conveyor-reuse-1"
+_TRANSFER_ATTEMPTS = 3
+_VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+class ArtifactTransferError(Exception):
+    """The server or the storage refused a transfer (not a passing network failure)."""
+
+
+def _transient(exc: BaseException) -> bool:
+    import django.db
+    import requests
+
+    return isinstance(
+        exc, (requests.ConnectionError, requests.Timeout, django.db.OperationalError, django.db.InterfaceError)
+    )
+
+
+def _retry(call, what: str):
+    for attempt in range(1, _TRANSFER_ATTEMPTS + 1):
+        try:
+            return call()
+        except Exception as exc:
+            if not _transient(exc) or attempt == _TRANSFER_ATTEMPTS:
+                raise
+            logger.warning("%s failed (%s); retrying", what, exc)
+            time.sleep(min(10.0, 1.0 * 2**attempt))
+    return None
+
+
+# --- Transports.
+
+
+class ArtifactTransport(Protocol):
+    def upload(
+        self, job: ClaimedJob, *, name: str, type: str, path: Path, size: int, sha256: str, cache_key: str
+    ) -> dict[str, Any]: ...
+
+    def dependencies(self, job: ClaimedJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]: ...
+
+    def download(self, job: ClaimedJob, entry: dict[str, Any], destination: IO[bytes]) -> None: ...
+
+    def record_docker(
+        self, job: ClaimedJob, *, reference: str, digest: str, name: str, cache_key: str
+    ) -> dict[str, Any]: ...
+
+    def reuse(self, job: ClaimedJob, *, cache_key: str) -> dict[str, Any] | None: ...
+
+
+def artifact_transport(reporter: Any) -> ArtifactTransport | None:
+    """The transport of the backend behind an executor's reporter (a RetryingReporter wraps
+    the backend); None for reporters without one (executor tests), where artifacts are off."""
+    for candidate in (reporter, getattr(reporter, "backend", None)):
+        transport = getattr(candidate, "artifacts", None)
+        if transport is not None:
+            return transport
+    return None
+
+
+def _entry(artifact: Any) -> dict[str, Any]:
+    return {
+        "id": str(artifact.pk),
+        "name": artifact.name,
+        "type": artifact.type,
+        "job": artifact.job.name if artifact.job else "",
+        "size": artifact.size_bytes,
+        "sha256": artifact.sha256,
+        "digest": artifact.digest,
+        "storage_path": artifact.storage_path,
+    }
+
+
+class OrmArtifacts:
+    """Trusted runners: the artifact services, straight to STORAGES["artifacts"]."""
+
+    def __init__(self, runner: Any):
+        self.runner = runner
+
+    def _job(self, job: ClaimedJob):
+        from runs.models import Job, JobStatus
+
+        row = (
+            Job.objects.select_related("run__pipeline__repository")
+            .filter(pk=job.id, runner=self.runner, status=JobStatus.RUNNING)
+            .first()
+        )
+        if row is None:
+            raise JobNotHeld(f"job {job.id} is not running on this runner")
+        return row
+
+    def upload(self, job, *, name, type, path, size, sha256, cache_key):
+        from artifacts.services import ArtifactRefused, artifact_store
+
+        with path.open("rb") as handle:
+            try:
+                artifact = artifact_store(
+                    job=self._job(job), name=name, type=type, file=handle, size=size, sha256=sha256, cache_key=cache_key
+                )
+            except ArtifactRefused as exc:
+                raise ArtifactTransferError(str(exc)) from exc
+        return _entry(artifact)
+
+    def dependencies(self, job):
+        from artifacts.selectors import job_dependency_artifacts
+
+        available, gone = job_dependency_artifacts(job=self._job(job))
+        return [_entry(a) for a in available], [_entry(a) for a in gone]
+
+    def download(self, job, entry, destination):
+        from artifacts.storage import open_stream
+
+        source = open_stream(entry["storage_path"])
+        try:
+            shutil.copyfileobj(source, destination, archives.CHUNK_BYTES)
+        finally:
+            source.close()
+
+    def record_docker(self, job, *, reference, digest, name, cache_key):
+        from artifacts.services import ArtifactRefused, artifact_docker_record
+
+        try:
+            artifact = artifact_docker_record(
+                job=self._job(job), reference=reference, digest=digest, name=name, cache_key=cache_key
+            )
+        except ArtifactRefused as exc:
+            raise ArtifactTransferError(str(exc)) from exc
+        return _entry(artifact)
+
+    def reuse(self, job, *, cache_key):
+        from artifacts.services import artifacts_reuse
+
+        source, copies = artifacts_reuse(job=self._job(job), cache_key=cache_key)
+        if source is None:
+            return None
+        return {"source": {"job": source.name, "run": source.run.number}, "artifacts": [_entry(a) for a in copies]}
+
+
+class HttpArtifacts:
+    """HTTP runners: the runner API, authenticated by the job's own token. Presigned URLs
+    (S3) are fetched with a session of their own that carries no token at all."""
+
+    def __init__(self, client: Any):
+        self.client = client
+        self._plain = None
+
+    @property
+    def plain(self):
+        import requests
+
+        if self._plain is None:
+            self._plain = requests.Session()
+        return self._plain
+
+    def _check(self, response, what: str) -> None:
+        if response.status_code == 409:
+            raise JobNotHeld(f"{what}: the job is no longer running here")
+        if response.status_code >= 400:
+            raise ArtifactTransferError(f"{what} refused ({response.status_code}): {_detail(response)}")
+
+    def _call(self, method: str, path: str, job: ClaimedJob, what: str, **kwargs) -> dict[str, Any]:
+        response = self.client.request(method, path, token=job.job_token or None, **kwargs)
+        self._check(response, what)
+        return response.json() if response.content else {}
+
+    def upload(self, job, *, name, type, path, size, sha256, cache_key):
+        body = {"name": name, "type": type, "size": size, "sha256": sha256, "cache_key": cache_key}
+        begun = self._call("POST", f"jobs/{job.id}/artifacts", job, "artifact upload", json=body)
+        target = begun["upload"]
+        headers = {**(target.get("headers") or {}), "Content-Length": str(size)}
+        with path.open("rb") as handle:  # streamed from the file by requests, never read whole
+            if target.get("url"):
+                response = self.plain.request(
+                    target["method"], target["url"], data=handle, headers=headers, timeout=(10, 600)
+                )
+            else:
+                response = self.client.request(
+                    target["method"],
+                    target["path"],
+                    token=job.job_token,
+                    data=handle,
+                    headers=headers,
+                    timeout=(10, 600),
+                )
+        self._check(response, "artifact content")
+        return self._call("POST", begun["commit"], job, "artifact commit")
+
+    def dependencies(self, job):
+        data = self._call("GET", f"jobs/{job.id}/artifacts/dependencies", job, "artifact list")
+        return data.get("artifacts", []), data.get("missing", [])
+
+    def download(self, job, entry, destination):
+        if entry.get("url"):
+            response = self.plain.get(entry["url"], stream=True, timeout=(10, 600))
+        else:
+            response = self.client.request("GET", entry["path"], token=job.job_token, stream=True, timeout=(10, 600))
+        with response:
+            self._check(response, f"download of {entry['name']}")
+            for chunk in response.iter_content(archives.CHUNK_BYTES):
+                destination.write(chunk)
+
+    def record_docker(self, job, *, reference, digest, name, cache_key):
+        body = {"reference": reference, "digest": digest, "name": name, "cache_key": cache_key}
+        return self._call("POST", f"jobs/{job.id}/artifacts/docker", job, "image record", json=body)
+
+    def reuse(self, job, *, cache_key):
+        data = self._call("POST", f"jobs/{job.id}/artifacts/reuse", job, "reuse lookup", json={"cache_key": cache_key})
+        return data if data.get("reused") else None
+
+
+def _detail(response) -> str:
+    try:
+        return str(response.json().get("detail", response.text[:200]))
+    except ValueError:
+        return response.text[:200]
+
+
+# --- A job's artifacts.
+
+
+def expand(text: str, variables: dict[str, str]) -> str:
+    """$NAME and ${NAME} replaced by the job's variables (unknown ones by nothing)."""
+    return _VARIABLE.sub(lambda m: variables.get(m.group(1) or m.group(2), ""), text)
+
+
+def _wanted(when: str, status: str) -> bool:
+    if when == "always":
+        return status in {StepStatus.SUCCESS, StepStatus.FAILURE}
+    if when == "on_failure":
+        return status == StepStatus.FAILURE
+    return status == StepStatus.SUCCESS
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count} B"
+
+
+@dataclass
+class _Log:
+    """Lines for the job's log (a step's) and the runner's own log."""
+
+    stream: LogStream | None
+
+    def __call__(self, line: str) -> None:
+        logger.info("%s", line)
+        if self.stream is not None:
+            self.stream.write(line + "\n")
+
+    def close(self) -> int | None:
+        if self.stream is None:
+            return None
+        self.stream.flush(final=True)
+        return self.stream.offset
+
+
+class JobArtifacts:
+    def __init__(self, reporter: Reporter, job: ClaimedJob, *, workspace: Path, project: Path):
+        self.reporter, self.job, self.project = reporter, job, project
+        self.transport = artifact_transport(reporter)
+        self.section: dict[str, Any] = (job.spec or {}).get("artifacts") or {}
+        self.directory = workspace / "artifacts"
+        self.directory.mkdir(exist_ok=True)
+        self.records = self.directory / "records.jsonl"
+        self.cache_key = ""
+
+    # The environment of the steps.
+
+    def environment(self, env: dict[str, str]) -> None:
+        """Give the steps `conveyor-artifact` (on PATH) and where it records."""
+        if self.transport is None:
+            return
+        bin_dir = self.directory / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        cli = bin_dir / CLI_NAME
+        shutil.copyfile(Path(__file__).with_name("artifact_cli.py"), cli)
+        cli.chmod(0o755)
+        env["CI_ARTIFACTS_RECORD"] = str(self.records)
+        env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+
+    def _log(self, step: ClaimedStep, offset: int | None) -> _Log:
+        if offset is None:
+            # Where the step's log ends on the server: a zero-length chunk at 0 is answered
+            # with the offset it expects.
+            try:
+                offset = self.reporter.step_log(self.job, step, 0, "") or 0
+            except Exception as exc:
+                logger.warning("the log of step %s is unreachable (%s): artifact lines go to the runner log", step, exc)
+                return _Log(None)
+        stream = LogStream(self.reporter, self.job, step)
+        stream.offset = offset
+        return _Log(stream)
+
+    # Before the steps.
+
+    def reuse_key(self) -> str:
+        """sha256 over the job's name, `reuse: key` (default $CI_COMMIT_SHA) with variables
+        expanded, and the contents of `reuse: files` (default: Dockerfile or Containerfile,
+        if the project has one)."""
+        reuse = self.section.get("reuse")
+        if reuse is None:
+            return ""
+        variables = self.job.variables
+        text = expand(reuse.get("key") or "$CI_COMMIT_SHA", variables)
+        files = reuse.get("files")
+        if files is None:
+            files = [name for name in ("Dockerfile", "Containerfile") if (self.project / name).is_file()]
+        digest = hashlib.sha256(f"{REUSE_KEY_VERSION}\0{self.job.name}\0{text}\0".encode())
+        digest.update(archives.hash_paths(self.project, files).encode())
+        return f"reuse:{digest.hexdigest()}"
+
+    def before_steps(self, step: ClaimedStep, offset: int) -> tuple[int, JobResult | None]:
+        """Reuse or fetch dependencies. Returns (the first step's log offset now, a result
+        that ends the job without running its steps, or None)."""
+        if self.transport is None:
+            if self.section:
+                logger.warning("job %s: this runner's backend transfers no artifacts", self.job.id)
+            return offset, None
+        log = self._log(step, offset)
+        try:
+            result = self._before_steps(log)
+        except JobNotHeld:
+            raise
+        except Exception as exc:
+            log(f"ERROR: {exc}")
+            result = JobResult(status=StepStatus.FAILURE, reason=f"artifacts: {exc}")
+        end = log.close()
+        return (offset if end is None else end), result
+
+    def _before_steps(self, log: _Log) -> JobResult | None:
+        self.cache_key = self.reuse_key()
+        if self.cache_key:
+            found = _retry(lambda: self.transport.reuse(self.job, cache_key=self.cache_key), "reuse lookup")
+            if found is not None:
+                source = found["source"]
+                names = ", ".join(a["name"] for a in found["artifacts"])
+                log(
+                    f"Reusing the artifacts of job {source['job']} (run #{source['run']}) built with the same "
+                    f"inputs ({self.cache_key[:18]}…): {names}. The steps are skipped."
+                )
+                return JobResult(
+                    status=StepStatus.SUCCESS,
+                    exit_code=0,
+                    reason=f"reused the artifacts of job {source['job']} (run #{source['run']})",
+                )
+            log(f"No earlier build with reuse key {self.cache_key[:18]}…: building.")
+        available, missing = _retry(lambda: self.transport.dependencies(self.job), "artifact list")
+        if missing:
+            names = ", ".join(sorted({f"{m['name']} of job {m['job']}" for m in missing}))
+            raise ArtifactTransferError(f"the artifacts this job depends on have expired or were deleted: {names}")
+        for entry in available:
+            self._fetch(entry, log)
+        return None
+
+    def _fetch(self, entry: dict[str, Any], log: _Log) -> None:
+        from django.conf import settings
+
+        log(f"Downloading artifacts {entry['name']} of job {entry['job']} ({_size(entry['size'])})")
+        path = self.directory / f"download-{entry['id']}.tar.gz"
+
+        def download() -> None:
+            with path.open("wb") as handle:
+                self.transport.download(self.job, entry, handle)
+
+        try:
+            _retry(download, f"download of {entry['name']}")
+            digest = hashlib.sha256()
+            with path.open("rb") as handle:
+                while chunk := handle.read(archives.CHUNK_BYTES):
+                    digest.update(chunk)
+            if entry.get("sha256") and digest.hexdigest() != entry["sha256"]:
+                raise ArtifactTransferError(f"artifacts {entry['name']} of job {entry['job']}: sha256 mismatch")
+            limit = getattr(settings, "CONVEYOR_ARTIFACTS_MAX_UNPACKED_BYTES", 20 * 1024**3)
+            with path.open("rb") as handle:
+                unpacked = archives.unpack(handle, self.project, max_bytes=limit, log=log)
+        finally:
+            path.unlink(missing_ok=True)
+        skipped = f", {len(unpacked.skipped)} unsafe entries skipped" if unpacked.skipped else ""
+        log(f"Unpacked {unpacked.files} files ({_size(unpacked.bytes)}){skipped}")
+
+    # After the steps.
+
+    def after_steps(self, result: JobResult, step: ClaimedStep | None) -> JobResult:
+        """Upload what `artifacts:` and `conveyor-artifact` ask for, if `when:` says so. An
+        upload that fails fails a job that had succeeded (as in GitLab)."""
+        if self.transport is None or step is None or result.status not in {StepStatus.SUCCESS, StepStatus.FAILURE}:
+            return result
+        when = str(self.section.get("when") or "on_success")
+        reports = (self.section.get("reports") or {}).get("junit") or []
+        records = self.records.exists() and self.records.stat().st_size > 0
+        wants_paths = bool(self.section.get("paths")) and _wanted(when, result.status)
+        # Test reports matter most when tests fail: uploaded whatever the job's outcome.
+        wants_reports = bool(reports) and result.status in {StepStatus.SUCCESS, StepStatus.FAILURE}
+        wants_images = records and _wanted(when, result.status)
+        if not (wants_paths or wants_reports or wants_images):
+            return result
+        log = self._log(step, None)
+        try:
+            if wants_paths:
+                name = expand(str(self.section.get("name") or "artifacts"), self.job.variables) or "artifacts"
+                self._upload(name, "BINARY", self.section.get("paths") or [], self.section.get("exclude") or [], log)
+            if wants_reports:
+                self._upload("junit", "TEST_REPORT", reports, [], log)
+            if wants_images:
+                self._record_images(log)
+        except JobNotHeld:
+            raise
+        except Exception as exc:
+            log(f"ERROR: uploading artifacts failed: {exc}")
+            if result.status == StepStatus.SUCCESS:
+                return JobResult(status=StepStatus.FAILURE, reason=f"artifact upload failed: {exc}")
+        finally:
+            log.close()
+        return result
+
+    def _upload(self, name: str, type: str, paths: list[str], exclude: list[str], log: _Log) -> None:
+        what = "test reports" if type == "TEST_REPORT" else f"artifacts {name}"
+        log(f"Uploading {what}: {', '.join(paths)}")
+        members = archives.collect(self.project, paths, exclude, log=log)
+        if not members:
+            log(f"WARNING: {what}: no files to upload")
+            return
+        level = archives.COMPRESSION_LEVELS.get(self.job.variables.get("ARTIFACT_COMPRESSION_LEVEL", ""), 3)
+        path = self.directory / f"upload-{type.lower()}.tar.gz"
+        try:
+            written = archives.write_archive(self.project, members, path, level=level, log=log)
+            _retry(
+                lambda: self.transport.upload(
+                    self.job,
+                    name=name,
+                    type=type,
+                    path=path,
+                    size=written.size,
+                    sha256=written.sha256,
+                    cache_key=self.cache_key,
+                ),
+                f"upload of {what}",
+            )
+        finally:
+            path.unlink(missing_ok=True)
+        log(
+            f"Uploaded {what}: {written.files} files ({_size(written.bytes_in)}), archive {_size(written.size)}, "
+            f"sha256 {written.sha256}"
+        )
+
+    def _record_images(self, log: _Log) -> None:
+        for number, line in enumerate(self.records.read_text(errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                reference, digest = str(record["reference"]), str(record["digest"])
+            except (ValueError, KeyError, TypeError):
+                log(f"WARNING: {self.records.name} line {number} is not a conveyor-artifact record: skipped")
+                continue
+            name = str(record.get("name") or "")
+            _retry(
+                lambda r=reference, d=digest, n=name: self.transport.record_docker(
+                    self.job, reference=r, digest=d, name=n, cache_key=self.cache_key
+                ),
+                f"record of image {reference}",
+            )
+            log(f"Recorded image {reference}@{digest}")

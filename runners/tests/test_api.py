@@ -1,0 +1,532 @@
+"""The runner HTTP API (/api/runner/) through Django's test client.
+
+Every refusal is checked twice: the status code, and that the database is exactly as it
+was (a snapshot of the jobs, steps and logs before and after the call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+from django.db import connection, connections
+from django.test import AsyncClient, Client
+from django.utils import timezone
+
+from logs.models import StepLog
+from runners.models import RegistrationToken, Runner
+from runners.services import job_claim, registration_token_create, runner_register, runner_revoke
+from runs.models import Job, JobStatus, Step, StepStatus
+from runs.tests.factories import create_run, current_job, job
+
+API = "/api/runner/"
+
+
+# --- Helpers.
+
+
+def post(client: Client, path: str, body=None, *, token: str | None = None, raw: bytes | None = None, headers=None):
+    headers = headers if headers is not None else ({"Authorization": f"Bearer {token}"} if token else {})
+    data = raw if raw is not None else json.dumps(body if body is not None else {})
+    if path == "jobs/request":
+        return AsyncPost(path, data, headers).result(timeout=60)
+    return client.post(API + path, data=data, content_type="application/json", headers=headers)
+
+
+class AsyncPost:
+    """A POST through the async test client, in a thread of its own (the long-poll claim is an
+    async view: this is how a slow answer can be waited for while the test goes on)."""
+
+    def __init__(self, path: str, data: str | bytes, headers: dict[str, str]):
+        self.response = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(path, data, headers), daemon=True)
+        self.thread.start()
+
+    def _run(self, path: str, data: str | bytes, headers: dict[str, str]) -> None:
+        # The view's database work runs in the loop's default executor; with one thread of our
+        # own there, its connection can be closed afterwards (else it outlives the test and
+        # keeps the test database from being dropped).
+        loop = asyncio.new_event_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+        request = AsyncClient().post(API + path, data=data, content_type="application/json", headers=headers)
+        try:
+            self.response = loop.run_until_complete(request)
+        except BaseException as exc:  # surfaced by result()
+            self.error = exc
+        finally:
+            loop.run_until_complete(loop.run_in_executor(None, connections.close_all))
+            loop.run_until_complete(loop.shutdown_default_executor())
+            loop.close()
+
+    def result(self, *, timeout: float):
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"no answer within {timeout}s"
+        if self.error is not None:
+            raise self.error
+        return self.response
+
+
+def long_poll(token: str, *, wait: float) -> AsyncPost:
+    return AsyncPost("jobs/request", json.dumps({"wait": wait}), {"Authorization": f"Bearer {token}"})
+
+
+def db_snapshot() -> dict:
+    """Everything a runner call could change, in a comparable form."""
+    return {
+        "jobs": sorted(
+            Job.objects.values_list(
+                "id",
+                "status",
+                "status_reason",
+                "runner_id",
+                "lease_expires_at",
+                "exit_code",
+                "attempt",
+                "retried",
+                "finished_at",
+            )
+        ),
+        "steps": sorted(Step.objects.values_list("id", "status", "exit_code", "started_at", "finished_at")),
+        "logs": sorted(StepLog.objects.values_list("step_id", "offset", "content")),
+        "runners": sorted(Runner.objects.values_list("id", "name", "tags", "token_hash", "revoked_at")),
+        "registration_tokens": sorted(RegistrationToken.objects.values_list("id", "uses", "revoked_at")),
+    }
+
+
+def register_runner(name: str, *, tags: list[str] | None = None) -> tuple[Runner, str]:
+    _, registration = registration_token_create(description=f"for {name}")
+    return runner_register(registration_token=registration, name=name, tags=tags or [])
+
+
+@pytest.fixture
+def client() -> Client:
+    return Client()
+
+
+@pytest.fixture
+def holder(db) -> tuple[Runner, str]:
+    return register_runner("holder")
+
+
+@pytest.fixture
+def intruder(db) -> tuple[Runner, str]:
+    return register_runner("intruder")
+
+
+@pytest.fixture
+def held_job(holder, pipeline, make_queued_jobs):
+    """A job RUNNING on `holder` (two steps), and a second job still QUEUED behind it."""
+    runner, _ = holder
+    make_queued_jobs(2, steps=2)
+    claimed = job_claim(runner=runner)
+    assert claimed is not None
+    return claimed
+
+
+# Every job call of the API: (name, path template, a valid body).
+JOB_CALLS = [
+    ("heartbeat", "jobs/{job}/heartbeat", {}),
+    ("step start", "jobs/{job}/steps/{step}/start", {}),
+    ("step finish", "jobs/{job}/steps/{step}/finish", {"status": "SUCCESS", "exit_code": 0}),
+    ("step log", "jobs/{job}/steps/{step}/log", {"offset": 0, "content": "hello\n"}),
+    ("finish", "jobs/{job}/finish", {"status": "SUCCESS", "exit_code": 0}),
+    ("release", "jobs/{job}/release", {"reason": "going away"}),
+]
+ALL_CALLS = [("claim", "jobs/request", {"wait": 0}), *JOB_CALLS]
+
+
+def call_path(template: str, claimed) -> str:
+    return template.format(job=claimed.id, step=claimed.steps[0].id)
+
+
+# --- Registration.
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_valid_registration_token_gives_a_runner_and_a_token_that_works(client):
+    registration_row, registration = registration_token_create(description="ci", tags=["linux"])
+
+    response = post(
+        client,
+        "register",
+        {"registration_token": registration, "name": "builder-1", "tags": ["docker"], "concurrency": 4},
+    )
+
+    assert response.status_code == 201
+    body = response.json()
+    runner = Runner.objects.get(pk=body["id"])
+    assert runner.name == "builder-1"
+    assert runner.tags == ["docker", "linux"]
+    assert runner.concurrency == 4
+    assert body["token"].startswith("cvr_")
+    assert body["token"] not in json.dumps(db_snapshot(), default=str), "the runner token is stored in clear"
+    registration_row.refresh_from_db()
+    assert registration_row.uses == 1
+    assert post(client, "jobs/request", {"wait": 0}, token=body["token"]).status_code == 204
+
+
+def test_a_wrong_registration_token_is_refused_and_registers_nothing(client, db):
+    registration_token_create(description="ci")
+    before = db_snapshot()
+
+    response = post(client, "register", {"registration_token": "cvreg_not-the-token", "name": "x"})
+
+    assert response.status_code == 403
+    assert "registration token" in response.json()["detail"]
+    assert db_snapshot() == before
+
+
+def test_an_expired_registration_token_is_refused_and_registers_nothing(client, db):
+    row, registration = registration_token_create(expires_at=timezone.now() - timedelta(seconds=1))
+    before = db_snapshot()
+
+    response = post(client, "register", {"registration_token": registration, "name": "late"})
+
+    assert response.status_code == 403
+    assert db_snapshot() == before
+
+
+def test_a_revoked_registration_token_is_refused_and_registers_nothing(client, db):
+    row, registration = registration_token_create()
+    RegistrationToken.objects.filter(pk=row.pk).update(revoked_at=timezone.now())
+    before = db_snapshot()
+
+    response = post(client, "register", {"registration_token": registration, "name": "revoked"})
+
+    assert response.status_code == 403
+    assert db_snapshot() == before
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"name": "no-token"}, "registration_token"),
+        ({"registration_token": "TOKEN"}, "name"),
+        ({"registration_token": "TOKEN", "name": 7}, "name"),
+        ({"registration_token": "TOKEN", "name": "x", "tags": "linux"}, "tags"),
+        ({"registration_token": "TOKEN", "name": "x", "tags": [""]}, "tags"),
+        ({"registration_token": "TOKEN", "name": "x", "tags": ["x" * 101]}, "tags"),
+        ({"registration_token": "TOKEN", "name": "x", "executor": "docker"}, "executor"),
+        ({"registration_token": "TOKEN", "name": "x", "concurrency": "4"}, "concurrency"),
+        ({"registration_token": "TOKEN", "name": "x", "concurrency": True}, "concurrency"),
+        ({"registration_token": "TOKEN", "name": "x", "concurrency": 10**6}, "concurrency"),
+        ({"registration_token": "TOKEN", "name": "x", "concurrency": 0}, "concurrency"),
+        ({"registration_token": "TOKEN", "name": ""}, "name"),
+    ],
+)
+def test_a_malformed_registration_is_a_400_naming_the_problem(client, db, body, message):
+    _, registration = registration_token_create()
+    body = {k: registration if v == "TOKEN" else v for k, v in body.items()}
+    before = db_snapshot()
+
+    response = post(client, "register", body)
+
+    assert response.status_code == 400, response.content
+    assert message in response.json()["detail"]
+    assert db_snapshot() == before
+
+
+@pytest.mark.parametrize(
+    "raw", [b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe", b'{"name": "x", "registration_token": NaN}']
+)
+def test_a_registration_body_that_is_not_a_json_object_is_a_400(client, db, raw):
+    before = db_snapshot()
+    response = post(client, "register", raw=raw)
+    assert response.status_code == 400
+    assert response.json()["detail"]
+    assert db_snapshot() == before
+
+
+def test_the_api_answers_only_post(client, holder, held_job):
+    _, token = holder
+    headers = {"Authorization": f"Bearer {token}"}
+    for _name, template, _body in ALL_CALLS:
+        assert client.get(API + call_path(template, held_job), headers=headers).status_code == 405
+    assert client.get(API + "register").status_code == 405
+
+
+# --- Credentials: wrong, missing, revoked. Nothing may change.
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("credential", ["missing", "wrong", "revoked", "other scheme"])
+@pytest.mark.parametrize(("name", "template", "body"), ALL_CALLS, ids=[c[0] for c in ALL_CALLS])
+def test_a_call_without_valid_runner_credentials_is_a_401_and_changes_nothing(
+    client, holder, held_job, credential, name, template, body
+):
+    runner, token = holder
+    if credential == "revoked":
+        runner_revoke(runner=runner)
+    headers = {
+        "missing": {},
+        "wrong": {"Authorization": "Bearer cvr_wrong-token"},
+        "revoked": {"Authorization": f"Bearer {token}"},
+        "other scheme": {"Authorization": f"Basic {token}"},
+    }[credential]
+    before = db_snapshot()
+
+    response = post(client, call_path(template, held_job), body, headers=headers)
+
+    assert response.status_code == 401, response.content
+    assert response.json()["detail"]
+    assert db_snapshot() == before
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_paused_runner_is_given_no_job(client, holder, held_job):
+    runner, token = holder
+    Runner.objects.filter(pk=runner.pk).update(is_paused=True)
+    before = db_snapshot()
+
+    assert post(client, "jobs/request", {"wait": 0}, token=token).status_code == 204
+    assert db_snapshot() == before
+
+
+# --- Another runner's job.
+
+
+@pytest.mark.parametrize(("name", "template", "body"), JOB_CALLS, ids=[c[0] for c in JOB_CALLS])
+def test_a_runner_touching_another_runners_job_gets_a_409_and_changes_nothing(
+    client, intruder, held_job, name, template, body
+):
+    _, token = intruder
+    before = db_snapshot()
+
+    response = post(client, call_path(template, held_job), body, token=token)
+
+    assert response.status_code == 409, response.content
+    assert response.json()["code"] == "job_not_held"
+    assert db_snapshot() == before
+
+
+@pytest.mark.parametrize(("name", "template", "body"), JOB_CALLS, ids=[c[0] for c in JOB_CALLS])
+def test_a_report_on_a_finished_job_gets_a_409_and_changes_nothing(client, holder, held_job, name, template, body):
+    _, token = holder
+    finished = post(client, f"jobs/{held_job.id}/finish", {"status": "SUCCESS", "exit_code": 0}, token=token)
+    assert finished.status_code == 200
+    before = db_snapshot()
+
+    response = post(client, call_path(template, held_job), body, token=token)
+
+    assert response.status_code == 409, response.content
+    assert db_snapshot() == before
+
+
+def test_a_job_token_cannot_write_the_log_of_another_job(client, intruder, held_job):
+    intruder_runner, _ = intruder
+    own_job = job_claim(runner=intruder_runner)  # the second queued job
+    before = db_snapshot()
+
+    response = post(
+        client,
+        f"jobs/{held_job.id}/steps/{held_job.steps[0].id}/log",
+        {"offset": 0, "content": "forged\n"},
+        token=own_job.job_token,
+    )
+
+    assert response.status_code == 401, response.content
+    assert db_snapshot() == before
+
+
+def test_a_step_of_another_job_is_a_404_and_changes_nothing(client, holder, held_job):
+    _, token = holder
+    other_step = Step.objects.exclude(job_id=held_job.id).first()
+    before = db_snapshot()
+
+    for action, body in [
+        ("start", {}),
+        ("finish", {"status": "SUCCESS", "exit_code": 0}),
+        ("log", {"offset": 0, "content": "x"}),
+    ]:
+        response = post(client, f"jobs/{held_job.id}/steps/{other_step.pk}/{action}", body, token=token)
+        assert response.status_code == 404, (action, response.content)
+    assert db_snapshot() == before
+
+
+# --- The holder's own reports.
+
+
+def test_the_holder_reports_a_whole_job_through_the_api(client, holder, held_job):
+    _, token = holder
+    step = held_job.steps[0]
+    lease_before = Job.objects.get(pk=held_job.id).lease_expires_at
+
+    assert post(client, f"jobs/{held_job.id}/heartbeat", token=token).json() == {"continue": True}
+    assert Job.objects.get(pk=held_job.id).lease_expires_at >= lease_before
+    assert post(client, f"jobs/{held_job.id}/steps/{step.id}/start", token=token).status_code == 200
+    first = post(client, f"jobs/{held_job.id}/steps/{step.id}/log", {"offset": 0, "content": "héllo\n"}, token=token)
+    assert first.json() == {"next_offset": len("héllo\n".encode())}
+    # A resent chunk is accepted once and not stored twice.
+    again = post(client, f"jobs/{held_job.id}/steps/{step.id}/log", {"offset": 0, "content": "héllo\n"}, token=token)
+    assert again.status_code == 200
+    gap = post(client, f"jobs/{held_job.id}/steps/{step.id}/log", {"offset": 99, "content": "late"}, token=token)
+    assert (gap.status_code, gap.json()["code"], gap.json()["expected_offset"]) == (409, "log_gap", 7)
+    finish_step = {"status": "FAILURE", "exit_code": 3}
+    assert post(client, f"jobs/{held_job.id}/steps/{step.id}/finish", finish_step, token=token).status_code == 200
+    finish = {"status": "FAILURE", "exit_code": 3, "reason": "step exited with 3"}
+    assert post(client, f"jobs/{held_job.id}/finish", finish, token=token).status_code == 200
+
+    stored = Job.objects.get(pk=held_job.id)
+    assert (stored.status, stored.exit_code, stored.status_reason) == (JobStatus.FAILURE, 3, "step exited with 3")
+    assert Step.objects.values_list("status", "exit_code").get(pk=step.id) == (StepStatus.FAILURE, 3)
+    assert list(StepLog.objects.filter(step_id=step.id).values_list("offset", "content")) == [(0, "héllo\n")]
+
+
+def test_a_released_job_is_queued_again_as_a_new_attempt(client, holder, held_job):
+    _, token = holder
+
+    assert post(client, f"jobs/{held_job.id}/release", {"reason": "node draining"}, token=token).status_code == 200
+
+    old = Job.objects.get(pk=held_job.id)
+    assert (old.status, old.retried, old.status_reason) == (JobStatus.FAILURE, True, "node draining")
+    new = Job.objects.get(run_id=old.run_id, name=old.name, retried=False)
+    assert (new.status, new.attempt) == (JobStatus.QUEUED, 2)
+
+
+# --- Malformed bodies: a 400 with a message, never a 500.
+
+
+MALFORMED = [
+    ("step finish", "jobs/{job}/steps/{step}/finish", {}, "status"),
+    ("step finish", "jobs/{job}/steps/{step}/finish", {"status": "RUNNING"}, "RUNNING"),
+    ("step finish", "jobs/{job}/steps/{step}/finish", {"status": 1}, "status"),
+    ("step finish", "jobs/{job}/steps/{step}/finish", {"status": "SUCCESS", "exit_code": "0"}, "exit_code"),
+    ("step finish", "jobs/{job}/steps/{step}/finish", {"status": "SUCCESS", "exit_code": 2**40}, "exit_code"),
+    ("step log", "jobs/{job}/steps/{step}/log", {"content": "x"}, "offset"),
+    ("step log", "jobs/{job}/steps/{step}/log", {"offset": 0}, "content"),
+    ("step log", "jobs/{job}/steps/{step}/log", {"offset": -1, "content": "x"}, "offset"),
+    ("step log", "jobs/{job}/steps/{step}/log", {"offset": "0", "content": "x"}, "offset"),
+    ("step log", "jobs/{job}/steps/{step}/log", {"offset": 1.5, "content": "x"}, "offset"),
+    ("step log", "jobs/{job}/steps/{step}/log", {"offset": 0, "content": "nul\x00byte"}, "content"),
+    ("finish", "jobs/{job}/finish", {}, "status"),
+    ("finish", "jobs/{job}/finish", {"status": "CANCELLED"}, "CANCELLED"),
+    ("finish", "jobs/{job}/finish", {"status": "SUCCESS", "exit_code": True}, "exit_code"),
+    ("finish", "jobs/{job}/finish", {"status": "FAILURE", "exit_code": -(2**40)}, "exit_code"),
+    ("finish", "jobs/{job}/finish", {"status": "SUCCESS", "reason": ["no"]}, "reason"),
+    ("finish", "jobs/{job}/finish", {"status": "FAILURE", "reason": "nul\x00byte"}, "reason"),
+    ("release", "jobs/{job}/release", {"reason": 5}, "reason"),
+    ("claim", "jobs/request", {"wait": "forever"}, "wait"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "template", "body", "message"), MALFORMED, ids=[f"{m[0]}-{json.dumps(m[2])[:40]}" for m in MALFORMED]
+)
+def test_a_malformed_report_is_a_400_naming_the_problem_and_changes_nothing(
+    client, holder, held_job, name, template, body, message
+):
+    _, token = holder
+    before = db_snapshot()
+
+    response = post(client, call_path(template, held_job), body, token=token)
+
+    assert response.status_code == 400, response.content
+    assert message in response.json()["detail"]
+    assert db_snapshot() == before
+
+
+@pytest.mark.parametrize("raw", [b"{oops", b"[]", b"null", b"\xff", b'{"offset": 0, "content": "x"'])
+@pytest.mark.parametrize(("name", "template", "body"), ALL_CALLS, ids=[c[0] for c in ALL_CALLS])
+def test_a_body_that_is_not_a_json_object_is_a_400_and_changes_nothing(
+    client, holder, held_job, raw, name, template, body
+):
+    _, token = holder
+    before = db_snapshot()
+
+    response = post(client, call_path(template, held_job), token=token, raw=raw)
+
+    assert response.status_code == 400, response.content
+    assert response.json()["detail"]
+    assert db_snapshot() == before
+
+
+def test_a_job_id_that_is_not_a_uuid_is_a_404(client, holder, held_job):
+    _, token = holder
+    assert post(client, "jobs/not-a-uuid/heartbeat", token=token).status_code == 404
+
+
+# --- The long-poll claim.
+
+
+def listeners_waiting() -> int:
+    """Connections of this test database LISTENing for queued jobs (the long-poll's)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN %%'"
+            " AND pid <> pg_backend_pid()"
+        )
+        return cursor.fetchone()[0]
+
+
+def wait_until(predicate, *, timeout: float, interval: float = 0.05, what: str = "condition"):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_long_poll_answers_204_when_nothing_was_queued_during_its_wait(holder):
+    runner, token = holder
+    before = db_snapshot()
+
+    response = long_poll(token, wait=0.5).result(timeout=20)
+
+    assert response.status_code == 204
+    assert db_snapshot() == before
+    assert wait_until(lambda: listeners_waiting() == 0, timeout=10, what="the LISTEN connection to close") is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_long_poll_hands_over_a_job_queued_while_it_waits(holder):
+    runner, token = holder
+    # The longest wait the API allows: an answer before it is over came from the NOTIFY.
+    poll = long_poll(token, wait=30)
+    wait_until(lambda: listeners_waiting() == 1, timeout=10, what="the long-poll to LISTEN")
+
+    run = create_run(job("compile", "build", script=["make"]))
+
+    response = poll.result(timeout=15)
+    assert response.status_code == 200, response.content
+    body = response.json()
+    compile_job = current_job(run, "compile")
+    assert body["id"] == str(compile_job.pk)
+    assert [s["command"] for s in body["steps"]] == ["make"]
+    assert body["job_token"].startswith("cvj_")
+    compile_job.refresh_from_db()
+    assert (compile_job.status, compile_job.runner_id) == (JobStatus.RUNNING, runner.pk)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_long_poll_of_a_runner_without_the_jobs_tags_keeps_waiting(holder):
+    _, token = holder
+    _, gpu_token = register_runner("gpu", tags=["gpu"])
+    poll = long_poll(token, wait=1)
+    wait_until(lambda: listeners_waiting() == 1, timeout=10, what="the long-poll to LISTEN")
+
+    run = create_run(job("train", "build", tags=["gpu"]))
+
+    assert poll.result(timeout=20).status_code == 204
+    assert current_job(run, "train").status == JobStatus.QUEUED
+    claimed = long_poll(gpu_token, wait=0).result(timeout=20)
+    assert claimed.json()["id"] == str(current_job(run, "train").pk)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_without_wait_answers_at_once(holder, held_job):
+    _, token = holder
+    second = long_poll(token, wait=0).result(timeout=20)
+    assert second.status_code == 200
+    third = long_poll(token, wait=0).result(timeout=20)
+    assert third.status_code == 204
