@@ -54,8 +54,8 @@ def client_for(user: User | None, **kwargs) -> Client:
 
 @pytest.fixture
 def waiting() -> Deployment:
-    """A production deploy waiting for one approval."""
-    pipeline = PipelineFactory()
+    """A production deploy waiting for one approval, in a public repository (every approver can see it)."""
+    pipeline = PipelineFactory(repository__is_private=False)
     Environment.objects.create(repository=pipeline.repository, name="production", protected=True)
     deploy = job("deploy", "deploy", environment={"name": "production"})
     run = run_create(
