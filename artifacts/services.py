@@ -313,16 +313,16 @@ def _due_for_cleanup(now: datetime):
 
 def _delete_claimed(artifact_id: Any) -> str:
     """Delete one DELETING artifact: its file (unless another row still names it), then its
-    row. Returns "deleted", "busy" (another cleanup has it) or raises the storage's error, in
-    which case the row stays DELETING for the next attempt."""
+    row. Returns "deleted", "gone" (another cleanup deleted it) or raises the storage's error,
+    in which case the row stays DELETING for the next attempt.
+
+    The row lock is waited for, not skipped: a concurrent cleanup's claim query may hold it
+    for a moment without claiming it (PostgreSQL locks a row before re-checking it), and a
+    skipped row would stay DELETING until the next night."""
     with transaction.atomic():
-        row = (
-            Artifact.objects.select_for_update(skip_locked=True)
-            .filter(pk=artifact_id, status=ArtifactStatus.DELETING)
-            .first()
-        )
+        row = Artifact.objects.select_for_update().filter(pk=artifact_id, status=ArtifactStatus.DELETING).first()
         if row is None:
-            return "busy"
+            return "gone"
         if row.is_file and row.storage_path:
             shared = (
                 Artifact.objects.filter(storage_path=row.storage_path)
