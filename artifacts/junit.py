@@ -24,6 +24,8 @@ from xml.etree.ElementTree import ParseError
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import iterparse
 
+from runners.archives import BoundedReader
+
 MAX_FAILED_CASES = 200
 MAX_MESSAGE_CHARS = 1000
 MAX_DETAIL_CHARS = 4000
@@ -140,25 +142,15 @@ def _add_case(case: Any, *, suite: str, file_name: str, summary: Summary) -> Non
     )
 
 
-class _Bounded:
-    """A read-only stream that raises ReportTooLarge past `limit` bytes (decompressed)."""
-
-    def __init__(self, raw: IO[bytes], limit: int):
-        self.raw, self.limit, self.count = raw, limit, 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
-        self.count += len(data)
-        if self.count > self.limit:
-            raise ReportTooLarge(f"the report archive unpacks to more than {self.limit} bytes")
-        return data
-
-
 def summarize_archive(stream: IO[bytes], *, max_bytes: int) -> Summary:
     """Parse every XML file of a tar.gz of JUnit reports (a TEST_REPORT artifact), streaming."""
     summary = Summary()
     try:
-        unpacked = _Bounded(gzip.GzipFile(fileobj=stream, mode="rb"), max_bytes)
+        unpacked = BoundedReader(
+            gzip.GzipFile(fileobj=stream, mode="rb"),
+            max_bytes,
+            lambda limit: ReportTooLarge(f"the report archive unpacks to more than {limit} bytes"),
+        )
         with tarfile.open(fileobj=unpacked, mode="r|") as archive:
             for member in _regular_files(archive):
                 handle = archive.extractfile(member)

@@ -213,17 +213,27 @@ def hash_paths(root: Path, patterns: Iterable[str]) -> str:
 # --- Unpacking.
 
 
-class _BoundedReader:
-    """Counts the decompressed bytes tarfile reads (headers and padding too) and stops past `limit`."""
+def _archive_too_large(limit: int) -> ArchiveError:
+    return ArchiveError(f"the archive unpacks to more than {limit} bytes: unpacking stopped (a zip bomb?)")
 
-    def __init__(self, raw: IO[bytes], limit: int):
+
+class BoundedReader:
+    """Counts the decompressed bytes read through it (for tarfile: headers and padding too) and
+    raises `too_large(limit)` past `limit`: a zip bomb stops early."""
+
+    def __init__(self, raw: IO[bytes], limit: int, too_large: Callable[[int], Exception] | None = None):
         self.raw, self.limit, self.count = raw, limit, 0
+        self.too_large = too_large or (
+            lambda limit: ArchiveError(
+                f"the archive unpacks to more than {limit} bytes: unpacking stopped (a zip bomb?)"
+            )
+        )
 
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
         self.count += len(data)
         if self.count > self.limit:
-            raise ArchiveError(f"the archive unpacks to more than {self.limit} bytes: unpacking stopped (a zip bomb?)")
+            raise self.too_large(self.limit)
         return data
 
 
@@ -239,7 +249,7 @@ def unpack(source: IO[bytes], destination: Path, *, max_bytes: int, log: Log) ->
     and stopping (ArchiveError) once more than `max_bytes` came out of the decompressor."""
     result = Unpacked()
     root = os.path.realpath(destination)
-    bounded = _BoundedReader(gzip.GzipFile(fileobj=source, mode="rb"), max_bytes)
+    bounded = BoundedReader(gzip.GzipFile(fileobj=source, mode="rb"), max_bytes)
 
     def skip(name: str, why: str) -> None:
         result.skipped.append(name)

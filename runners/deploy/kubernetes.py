@@ -22,7 +22,6 @@ action is one line through `log`, which the runner streams into the job log.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
@@ -39,6 +38,7 @@ from kubernetes.client.exceptions import ApiException
 
 from runners.deploy.smoke import run_smoke_test
 from runners.deploy.spec import DeploySpec, Strategy
+from runners.kube import describe_api_error
 
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 HASH_LABEL = "pod-template-hash"
@@ -537,8 +537,8 @@ class _Rollout:
                 self._retry_later(f"watching {where}", str(exc), deadline)
             except ApiException as exc:
                 if not _transient(exc):
-                    raise _Failed(f"watching {where}: {_describe_api_error(exc)}") from exc
-                self._retry_later(f"watching {where}", _describe_api_error(exc), deadline)
+                    raise _Failed(f"watching {where}: {describe_api_error(exc)}") from exc
+                self._retry_later(f"watching {where}", describe_api_error(exc), deadline)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 self._retry_later(f"watching {where}", self._describe_connection_error(exc), deadline)
 
@@ -630,7 +630,7 @@ class _Rollout:
         try:
             return function(*args, **kwargs)
         except ApiException as exc:
-            raise _Failed(f"{doing}: {_describe_api_error(exc)}", transient=_transient(exc)) from exc
+            raise _Failed(f"{doing}: {describe_api_error(exc)}", transient=_transient(exc)) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise _Failed(f"{doing}: {self._describe_connection_error(exc)}", transient=True) from exc
 
@@ -776,20 +776,6 @@ def _live_text(live: str | None, source_name: str) -> str:
 def _transient(exc: ApiException) -> bool:
     status = exc.status or 0
     return status >= 500 or status == 429 or status == 0
-
-
-def _describe_api_error(exc: ApiException) -> str:
-    message = ""
-    body = exc.body
-    if isinstance(body, bytes):
-        body = body.decode(errors="replace")
-    if body:
-        try:
-            message = str(json.loads(body).get("message") or "")
-        except (ValueError, AttributeError):
-            message = body[:300]
-    head = f"{exc.status} {exc.reason}".strip() if exc.status else str(exc.reason or "API error")
-    return f"{head}: {message}" if message else head
 
 
 def _minimal_env() -> dict[str, str]:

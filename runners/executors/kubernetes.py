@@ -12,7 +12,6 @@ from being read as one.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import secrets
@@ -29,6 +28,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from runners.executors.base import LOG_FLUSH_S, JobResult, LogStream, Reporter
+from runners.kube import describe_api_error
 from runners.services import ClaimedJob, ClaimedStep
 from runs.models import JobStatus, StepKind, StepStatus
 
@@ -360,7 +360,7 @@ class _LogFollower(threading.Thread):
             except ApiException as exc:
                 # E.g. 400 "container ... is waiting to start" for a pod that failed before
                 # its container ran: the pod's status tells the rest.
-                self.error = _describe(exc)
+                self.error = describe_api_error(exc)
                 return
             with self._lock:
                 # abort() sets the flag before it looks for a response to shut down.
@@ -509,7 +509,7 @@ class _PodRun:
         try:
             result = self._execute()
         except ApiException as exc:
-            result = JobResult(status=JobStatus.FAILURE, reason=f"kubernetes API error: {_describe(exc)}")
+            result = JobResult(status=JobStatus.FAILURE, reason=f"kubernetes API error: {describe_api_error(exc)}")
         except urllib3.exceptions.HTTPError as exc:
             result = JobResult(status=JobStatus.FAILURE, reason=f"kubernetes API unreachable: {exc}")
         finally:
@@ -681,7 +681,7 @@ class _PodRun:
             )
         except ApiException as exc:
             if exc.status != 404:
-                logger.warning("could not delete pod %s/%s: %s", self.namespace, self.name, _describe(exc))
+                logger.warning("could not delete pod %s/%s: %s", self.namespace, self.name, describe_api_error(exc))
         except urllib3.exceptions.HTTPError as exc:
             logger.warning("could not delete pod %s/%s: %s", self.namespace, self.name, exc)
 
@@ -715,20 +715,6 @@ def _retry(call: Callable[[], T], attempts: int = 3) -> T:
             pass
         time.sleep(0.5 * attempt)
     return call()
-
-
-def _describe(exc: ApiException) -> str:
-    message = ""
-    body = exc.body
-    if isinstance(body, bytes):
-        body = body.decode(errors="replace")
-    if body:
-        try:
-            message = str(json.loads(body).get("message") or "")
-        except (ValueError, AttributeError):
-            message = body[:500]
-    head = f"{exc.status} {exc.reason}".strip()
-    return f"{head}: {message}" if message else head
 
 
 def _phase(pod: client.V1Pod) -> str | None:
