@@ -99,7 +99,17 @@ class RunnerAdmin(admin.ModelAdmin):
 
 @admin.register(RegistrationToken)
 class RegistrationTokenAdmin(admin.ModelAdmin):
-    list_display = ("__str__", "tag_list", "uses", "is_usable", "created_by", "created_at", "expires_at", "revoked_at")
+    list_display = (
+        "__str__",
+        "tag_list",
+        "uses",
+        "max_uses",
+        "is_usable",
+        "created_by",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+    )
     list_select_related = ("created_by",)
     search_fields = ("description",)
     exclude = ("token_hash",)
@@ -119,7 +129,11 @@ class RegistrationTokenAdmin(admin.ModelAdmin):
             return
         # New tokens come from the service, which stores only the hash: the token is shown this once.
         row, token = services.registration_token_create(
-            description=obj.description, tags=obj.tags, user=request.user, expires_at=obj.expires_at
+            description=obj.description,
+            tags=obj.tags,
+            user=request.user,
+            expires_at=obj.expires_at,
+            max_uses=obj.max_uses,
         )
         obj.pk, obj.token_hash, obj.created_at, obj.created_by = row.pk, row.token_hash, row.created_at, row.created_by
         obj._state.adding, obj._state.db = False, row._state.db

@@ -65,6 +65,9 @@ class RegistrationToken(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     uses = models.PositiveIntegerField(default=0)
+    max_uses = models.PositiveIntegerField(
+        null=True, blank=True, help_text="How many runners may register with it; empty for no limit."
+    )
 
     def __str__(self) -> str:
         return self.description or f"registration token #{self.pk}"
@@ -72,4 +75,8 @@ class RegistrationToken(models.Model):
     @property
     def is_usable(self) -> bool:
         now = timezone.now()
-        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+        return (
+            self.revoked_at is None
+            and (self.expires_at is None or self.expires_at > now)
+            and (self.max_uses is None or self.uses < self.max_uses)
+        )

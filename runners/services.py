@@ -45,7 +45,7 @@ class StepNotFound(Exception):
 
 
 def registration_token_create(
-    *, description: str = "", tags: list[str] | None = None, user=None, expires_at=None
+    *, description: str = "", tags: list[str] | None = None, user=None, expires_at=None, max_uses: int | None = None
 ) -> tuple[RegistrationToken, str]:
     """Returns the row and the token, which is shown once and never stored."""
     token = token_generate(REGISTRATION_TOKEN_PREFIX)
@@ -55,6 +55,7 @@ def registration_token_create(
         tags=sorted(set(tags or [])),
         created_by=user,
         expires_at=expires_at,
+        max_uses=max_uses,
     )
     return row, token
 
@@ -72,7 +73,7 @@ def runner_register(
     """Exchange a registration token for a runner and its runner token (shown once)."""
     reg = RegistrationToken.objects.select_for_update().filter(token_hash=token_hash(registration_token)).first()
     if reg is None or not reg.is_usable:
-        raise RunnerAuthError("invalid, expired or revoked registration token")
+        raise RunnerAuthError("invalid, expired, used up or revoked registration token")
     if executor not in Executor.values:
         raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(Executor.values)}")
     token = token_generate(RUNNER_TOKEN_PREFIX)

@@ -324,13 +324,15 @@ def _after_commit_run_changed(run_id: Any) -> None:
     notifications): called after commit only, so a rolled-back change announces nothing."""
     from logs.services import run_status_publish
     from pipelines.commit_status import commit_status_enqueue
+    from runs.live import runs_list_publish
     from runs.notifications import run_notifications_enqueue
 
     logger.debug("run %s changed", run_id)
     commit_status_enqueue(run_id=run_id)
     run_status_publish(run_id=run_id)  # to the run's live viewers (logs.events)
-    # Neither may fail the change, which is committed: the deployments sweep catches up.
-    for follow_up in (_deployments().deployments_after_run_changed, run_notifications_enqueue):
+    # None may fail the change, which is committed: the deployments sweep catches up, and the
+    # runs list's viewers hear the run's next change.
+    for follow_up in (_deployments().deployments_after_run_changed, run_notifications_enqueue, runs_list_publish):
         try:
             follow_up(run_id=run_id)
         except Exception:
@@ -534,9 +536,22 @@ def _run_reopen(run: PipelineRun, *, now: datetime) -> None:
 # --- Job lifecycle.
 
 
+# How the runner's executors word the failures that are not the script's own fault, read back
+# as GitLab's failure kinds so that `retry: when` can name them.
+_REASON_PREFIX_KINDS = (
+    ("timed out after ", FailureReason.JOB_EXECUTION_TIMEOUT),
+    ("runner error: ", FailureReason.RUNNER_SYSTEM_FAILURE),
+    ("kubernetes API ", FailureReason.RUNNER_SYSTEM_FAILURE),
+    ("the pod cannot start: ", FailureReason.RUNNER_SYSTEM_FAILURE),
+)
+
+
 def _failure_kind(*, reason: str, exit_code: int | None) -> str:
     if reason in FailureReason.values:
         return reason
+    for prefix, kind in _REASON_PREFIX_KINDS:
+        if reason.startswith(prefix):
+            return kind
     return FailureReason.SCRIPT_FAILURE if exit_code is not None else FailureReason.UNKNOWN_FAILURE
 
 

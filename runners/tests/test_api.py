@@ -191,6 +191,19 @@ def test_an_expired_registration_token_is_refused_and_registers_nothing(client, 
     assert db_snapshot() == before
 
 
+def test_a_registration_token_with_a_use_limit_registers_that_many_runners_and_no_more(client, db):
+    _, registration = registration_token_create(max_uses=2)
+    first = post(client, "register", {"registration_token": registration, "name": "one"})
+    second = post(client, "register", {"registration_token": registration, "name": "two"})
+    before = db_snapshot()
+
+    third = post(client, "register", {"registration_token": registration, "name": "three"})
+
+    assert (first.status_code, second.status_code, third.status_code) == (201, 201, 403)
+    assert "used up" in third.json()["detail"]
+    assert db_snapshot() == before
+
+
 def test_a_revoked_registration_token_is_refused_and_registers_nothing(client, db):
     row, registration = registration_token_create()
     RegistrationToken.objects.filter(pk=row.pk).update(revoked_at=timezone.now())

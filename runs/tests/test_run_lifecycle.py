@@ -233,6 +233,10 @@ def test_a_failed_job_with_retries_left_is_queued_again_as_a_new_attempt() -> No
         (["script_failure"], "runner_system_failure", None, False),
         (["runner_system_failure"], "runner_system_failure", None, True),
         (["runner_system_failure"], "exit status 1", 1, False),
+        (["job_execution_timeout"], "timed out after 60s", None, True),
+        (["script_failure"], "timed out after 60s", None, False),
+        (["runner_system_failure"], "runner error: disk full", None, True),
+        (["runner_system_failure"], "kubernetes API unreachable: refused", None, True),
     ],
 )
 @pytest.mark.django_db
