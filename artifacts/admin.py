@@ -7,7 +7,7 @@ from django.contrib import admin, messages
 from django.template.defaultfilters import filesizeformat
 from django.utils.html import format_html
 
-from artifacts.models import Artifact, ArtifactStatus, TestReport
+from artifacts.models import Artifact, ArtifactStatus, Cache, StorageDeletion, TestReport
 from artifacts.services import artifacts_delete
 
 
@@ -83,3 +83,43 @@ class TestReportAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+class _ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows that the services write: listed, never added, changed or deleted here."""
+
+    show_full_result_count = False
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Cache)
+class CacheAdmin(_ReadOnlyAdmin):
+    """`cache:` archives, per repository and key. The nightly cleanup removes those unused for
+    CONVEYOR_CACHE_RETENTION_DAYS; deleting a repository removes its caches and their objects."""
+
+    list_display = ("key", "repository", "status", "size", "created_at", "last_used_at")
+    list_filter = ("status",)
+    list_select_related = ("repository",)
+    search_fields = ("=key", "repository__name")
+    date_hierarchy = "last_used_at"
+
+    @admin.display(description="Size", ordering="size_bytes")
+    def size(self, cache: Cache) -> str:
+        return filesizeformat(cache.size_bytes)
+
+
+@admin.register(StorageDeletion)
+class StorageDeletionAdmin(_ReadOnlyAdmin):
+    """Storage objects of deleted rows waiting to be deleted; `attempts` and `last_error` show
+    a storage that refuses (the queue is drained every CONVEYOR_STORAGE_DELETION_SWEEP_S)."""
+
+    list_display = ("storage_path", "not_before", "attempts", "last_error", "created_at")
+    search_fields = ("storage_path",)

@@ -6,6 +6,7 @@ import uuid
 
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 
 class ArtifactType(models.TextChoices):
@@ -129,3 +130,81 @@ class TestReport(models.Model):
     @property
     def passed(self) -> int:
         return self.tests - self.failures - self.errors - self.skipped
+
+
+class CacheStatus(models.TextChoices):
+    # Its archive is on its way to a new object; pulls never see it.
+    PENDING = "PENDING", "Uploading"
+    # The repository's current cache under its key: at most one per key.
+    AVAILABLE = "AVAILABLE", "Available"
+
+
+class Cache(models.Model):
+    """A `cache:` archive of a repository under one key (README: Caches). Each upload goes to
+    a new storage object; committing it makes its row the AVAILABLE one and deletes the row it
+    replaces in the same transaction, so a pull sees the old cache or the new one, never half
+    of one. The replaced object is queued in StorageDeletion by the database (see there)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    repository = models.ForeignKey("pipelines.Repository", on_delete=models.CASCADE, related_name="caches")
+    key = models.CharField(max_length=255)
+    status = models.CharField(max_length=16, choices=CacheStatus.choices, default=CacheStatus.PENDING)
+    storage_path = models.CharField(max_length=1000)
+    size_bytes = models.BigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64)
+    # The job that uploaded it (kept as a plain id: the job's run may be deleted long before).
+    job_id = models.UUIDField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Pulled or pushed: the retention (CONVEYOR_CACHE_RETENTION_DAYS) counts from here.
+    last_used_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["repository_id", "key"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["repository", "key"],
+                condition=Q(status="AVAILABLE"),
+                name="cache_one_available_per_key",
+            ),
+            models.CheckConstraint(condition=Q(size_bytes__gte=0), name="cache_size_non_negative"),
+            models.CheckConstraint(condition=Q(sha256__regex=r"^[0-9a-f]{64}$"), name="cache_sha256_is_hex"),
+        ]
+        indexes = [
+            # The nightly cleanup: caches unused for CONVEYOR_CACHE_RETENTION_DAYS, and uploads
+            # abandoned half-way (the pull lookup is served by cache_one_available_per_key).
+            models.Index(fields=["last_used_at"], name="cache_last_used_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class StorageDeletion(models.Model):
+    """A storage object to delete: the queue that keeps deletions of rows from leaving files.
+
+    Rows are added by the database itself (migration 0004's triggers): deleting an Artifact
+    row that names a file or a Cache row, also by a cascade from a run or a repository deleted
+    anywhere (the admin, a shell), queues its object in the same transaction. The queue is
+    drained by `storage_deletions_process` (soon after commit, and by the nightly cleanup): an
+    object still named by a row is kept, else deleted; a storage failure keeps the entry, with
+    its error, for the next drain. An upload in progress also queues its object, due later
+    (`not_before`): its commit takes the entry back, an abandoned upload's object is deleted."""
+
+    id = models.BigAutoField(primary_key=True)
+    storage_path = models.CharField(max_length=1000)
+    not_before = models.DateTimeField(default=timezone.now)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            # The drain: entries due now, oldest first.
+            models.Index(fields=["not_before"], name="storage_deletion_due_idx"),
+            # An upload's commit takes its entry back by path.
+            models.Index(fields=["storage_path"], name="storage_deletion_path_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.storage_path

@@ -117,6 +117,22 @@ def job_dependency_artifacts(*, job: Job, now: datetime | None = None) -> tuple[
     return [a for a in rows if a.pk in ok], [a for a in rows if a.pk not in ok]
 
 
+def job_dependency_images(*, job: Job, now: datetime | None = None) -> list[Artifact]:
+    """The images (DOCKER artifacts) the jobs `job` depends on recorded and that are still
+    servable, in the order of job_dependency_jobs, each job's in the order it recorded them."""
+    jobs = job_dependency_jobs(job=job)
+    if not jobs:
+        return []
+    order = {dependency.pk: i for i, dependency in enumerate(jobs)}
+    rows = list(
+        Artifact.objects.select_related("job").filter(
+            _servable(now or timezone.now()), job_id__in=list(order), type=ArtifactType.DOCKER
+        )
+    )
+    rows.sort(key=lambda a: (order[a.job_id], a.created_at))
+    return rows
+
+
 def reusable_source_job(*, job: Job, cache_key: str, now: datetime | None = None) -> Job | None:
     """The latest successful job of the same repository whose artifacts carry `cache_key` and
     are all still servable: what a job with that key may reuse instead of building."""

@@ -10,7 +10,12 @@ a test report, the parsed summary. Trusted runners do all three at once (`artifa
 Deletion is storage first, rows second, and never serves a file being deleted: a row is
 marked DELETING (committed), then its file is deleted, then the row. A storage failure
 leaves the row DELETING for the next cleanup; a crash between the two steps too. Rows of a
-reused build share one file, which goes with the last row that names it.
+reused build share one file, which goes with the last row that names it. Whoever else deletes
+a row (a run or repository deleted in the admin: a cascade), the database queues its file
+(StorageDeletion) in the same transaction, and `storage_deletions_process` deletes it.
+
+Caches (`cache:`) are per repository and key: each upload goes to a new object, and its
+commit swaps it in for the key's current cache in one transaction.
 """
 
 from __future__ import annotations
@@ -22,12 +27,13 @@ from datetime import datetime, timedelta
 from typing import IO, Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from artifacts import storage
 from artifacts.junit import Summary, summarize_archive
-from artifacts.models import Artifact, ArtifactStatus, ArtifactType, TestReport
+from artifacts.models import Artifact, ArtifactStatus, ArtifactType, Cache, CacheStatus, StorageDeletion, TestReport
 from artifacts.selectors import latest_default_branch_runs, reusable_source_job, run_is_on_default_branch
 from runs.models import Job, PipelineRun
 
@@ -333,6 +339,10 @@ def _delete_claimed(artifact_id: Any) -> str:
             if not shared:
                 storage.delete(row.storage_path)
         row.delete()
+        if row.is_file and row.storage_path:
+            # The row's deletion queued its file (migration 0004); it is deleted already, or
+            # another row still names it (and queues it again when it goes).
+            StorageDeletion.objects.filter(storage_path=row.storage_path, attempts=0).delete()
     return "deleted"
 
 
@@ -404,3 +414,218 @@ def artifacts_cleanup(
         counts["claimed"] += len(ids)
         _delete_ids(ids, counts)
     return counts
+
+
+# --- Storage objects of deleted rows.
+
+
+def _storage_path_in_use(path: str) -> bool:
+    return (
+        Artifact.objects.filter(storage_path=path).exclude(type=ArtifactType.DOCKER).exists()
+        or Cache.objects.filter(storage_path=path).exists()
+    )
+
+
+def _storage_deletion_process_one(entry_id: int) -> str:
+    """One queued object: "kept" (a row names it again, or still: a reused build's file),
+    "deleted", "busy" (another drain has it) or "failed" (kept, with the error, for later)."""
+    with transaction.atomic():
+        entry = StorageDeletion.objects.select_for_update(skip_locked=True).filter(pk=entry_id).first()
+        if entry is None:
+            return "busy"
+        if _storage_path_in_use(entry.storage_path):
+            entry.delete()
+            return "kept"
+        try:
+            storage.delete(entry.storage_path)
+        except Exception as exc:  # the storage is down, refuses, times out: the next drain retries
+            logger.warning("storage object %s: deleting it failed (%s); retried later", entry.storage_path, exc)
+            StorageDeletion.objects.filter(pk=entry.pk).update(
+                attempts=F("attempts") + 1, last_error=str(exc)[:2000] or type(exc).__name__
+            )
+            return "failed"
+        entry.delete()
+    return "deleted"
+
+
+def storage_deletions_process(*, now: datetime | None = None, batch_size: int | None = None) -> dict[str, int]:
+    """Drain the queue of storage objects whose rows were deleted (StorageDeletion): each
+    entry due now is looked at once per drain. Safe to run twice at once (SKIP LOCKED)."""
+    now = now or timezone.now()
+    batch_size = batch_size or settings.CONVEYOR_ARTIFACTS_CLEANUP_BATCH
+    counts = {"deleted": 0, "kept": 0, "failed": 0}
+    last = 0
+    while True:
+        ids = list(
+            StorageDeletion.objects.filter(not_before__lte=now, pk__gt=last)
+            .order_by("pk")
+            .values_list("pk", flat=True)[:batch_size]
+        )
+        if not ids:
+            return counts
+        last = ids[-1]
+        for entry_id in ids:
+            outcome = _storage_deletion_process_one(entry_id)
+            if outcome in counts:
+                counts[outcome] += 1
+
+
+# --- Caches (`cache:`): one archive per repository and key, the newest upload wins.
+
+_CACHE_NAME_MAX = Cache._meta.get_field("key").max_length
+
+
+def cache_key_check(key: Any) -> str:
+    """A cache key as GitLab takes it: 1 to 255 characters, no `/` (nor `%2F`), not `.` or
+    `..` (nor `%2E`, `%2E%2E`), no NUL."""
+    if not isinstance(key, str) or not key.strip() or len(key) > _CACHE_NAME_MAX or "\x00" in key:
+        raise ArtifactRefused(f"a cache key has 1 to {_CACHE_NAME_MAX} characters and no NUL; got {key!r}")
+    decoded = key.replace("%2F", "/").replace("%2f", "/").replace("%2E", ".").replace("%2e", ".")
+    if "/" in decoded or decoded in {".", ".."}:
+        raise ArtifactRefused(f"a cache key must not contain '/' nor be '.' or '..'; got {key!r}")
+    return key
+
+
+def _repository_id(job: Job) -> Any:
+    return PipelineRun.objects.filter(pk=job.run_id).values_list("pipeline__repository_id", flat=True).get()
+
+
+def cache_lookup(*, job: Job, keys: list[str], now: datetime | None = None) -> Cache | None:
+    """The first of `keys` (the cache's key, then its fallback keys) that the job's repository
+    has an available cache for, marked used now; None if it has none of them."""
+    now = now or timezone.now()
+    checked = [cache_key_check(key) for key in keys]
+    if not checked:
+        return None
+    found = {
+        cache.key: cache
+        for cache in Cache.objects.filter(
+            repository_id=_repository_id(job), key__in=checked, status=CacheStatus.AVAILABLE
+        )
+    }
+    cache = next((found[key] for key in checked if key in found), None)
+    # Served by the primary key; once an hour is enough for a retention counted in days.
+    if cache is not None and cache.last_used_at < now - timedelta(hours=1):
+        Cache.objects.filter(pk=cache.pk).update(last_used_at=now)
+        cache.last_used_at = now
+    return cache
+
+
+@transaction.atomic
+def cache_upload_begin(*, job: Job, key: str, size: int, sha256: str, now: datetime | None = None) -> Cache:
+    """A PENDING cache of the job's repository, stored under a new object: the current cache
+    of the key stays what pulls get until `cache_commit` swaps them."""
+    key = cache_key_check(key)
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= settings.CONVEYOR_ARTIFACTS_MAX_BYTES:
+        raise ArtifactRefused(f"a cache has 0 to {settings.CONVEYOR_ARTIFACTS_MAX_BYTES} bytes")
+    if not _SHA256.match(sha256 or ""):
+        raise ArtifactRefused("sha256 must be 64 lowercase hex digits")
+    repository_id = _repository_id(job)
+    cache_id = uuid.uuid4()
+    return Cache.objects.create(
+        id=cache_id,
+        repository_id=repository_id,
+        key=key,
+        status=CacheStatus.PENDING,
+        storage_path=f"caches/{repository_id}/{cache_id}/cache.tar.gz",
+        size_bytes=size,
+        sha256=sha256,
+        job_id=job.pk,
+        last_used_at=now or timezone.now(),
+    )
+
+
+def cache_receive(*, cache: Cache, stream: IO[bytes]) -> Cache:
+    """Stream a cache upload into its (new) object, refusing content other than declared."""
+    if cache.status != CacheStatus.PENDING:
+        raise ArtifactRefused(f"cache {cache.pk} is {cache.status}, not waiting for its content")
+    try:
+        stored, size, sha256 = storage.save_stream(cache.storage_path, stream, limit=cache.size_bytes)
+    except storage.TooLarge:
+        storage.delete(cache.storage_path)
+        raise ArtifactRefused(f"the content is bigger than the declared {cache.size_bytes} bytes") from None
+    if (size, sha256) != (cache.size_bytes, cache.sha256):
+        storage.delete(stored)
+        raise ArtifactRefused(
+            f"the content ({size} bytes, sha256 {sha256}) is not what was declared "
+            f"({cache.size_bytes} bytes, sha256 {cache.sha256})"
+        )
+    if stored != cache.storage_path:
+        Cache.objects.filter(pk=cache.pk).update(storage_path=stored)
+        cache.storage_path = stored
+    return cache
+
+
+def cache_commit(*, cache: Cache, now: datetime | None = None) -> Cache:
+    """The upload is complete: check the object, then in one transaction make this cache the
+    key's AVAILABLE one and delete the row it replaces (the database queues that row's object,
+    due after CONVEYOR_ARTIFACTS_PRESIGN_S, so a pull already under way can finish). A pull
+    sees the old cache or the new one, never a half-written one. When two uploads of a key
+    race, the one begun last wins: an older upload that commits later is dropped. Returns the
+    key's cache after the commit. Idempotent."""
+    if cache.status == CacheStatus.AVAILABLE:
+        return cache
+    size = storage.stored_size(cache.storage_path)
+    if size is None:
+        raise ArtifactRefused("nothing was uploaded")
+    verified = storage.stored_sha256(cache.storage_path)
+    if size != cache.size_bytes or (verified and verified != cache.sha256):
+        storage.delete(cache.storage_path)
+        raise ArtifactRefused(f"the stored object ({size} bytes) is not what was declared ({cache.size_bytes})")
+    now = now or timezone.now()
+    with transaction.atomic():
+        # Commits of one key take turns (a transaction-scoped advisory lock): the partial
+        # unique constraint alone would turn a race into an IntegrityError.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"cache:{cache.repository_id}"])
+        mine = Cache.objects.select_for_update().filter(pk=cache.pk, status=CacheStatus.PENDING).first()
+        current = Cache.objects.filter(
+            repository_id=cache.repository_id, key=cache.key, status=CacheStatus.AVAILABLE
+        ).first()
+        if mine is None:
+            cache.refresh_from_db()
+            return cache  # committed by a retried request meanwhile
+        if current is not None and current.created_at > mine.created_at:
+            mine.delete()  # a newer upload of the key won; this one's object is queued
+            return current
+        if current is not None:
+            current.delete()
+            # A pull may have just been handed the old object: it stays a while.
+            grace = now + timedelta(seconds=settings.CONVEYOR_ARTIFACTS_PRESIGN_S)
+            StorageDeletion.objects.filter(storage_path=current.storage_path).update(not_before=grace)
+        Cache.objects.filter(pk=mine.pk).update(status=CacheStatus.AVAILABLE, last_used_at=now)
+    cache.status, cache.last_used_at = CacheStatus.AVAILABLE, now
+    return cache
+
+
+def cache_store(*, job: Job, key: str, file: IO[bytes], size: int, sha256: str) -> Cache:
+    """Upload a cache in one call, straight to storage: what trusted runners do."""
+    cache = cache_upload_begin(job=job, key=key, size=size, sha256=sha256)
+    cache_receive(cache=cache, stream=file)
+    return cache_commit(cache=cache)
+
+
+def caches_cleanup(*, now: datetime | None = None, batch_size: int | None = None) -> dict[str, int]:
+    """Delete caches unused for CONVEYOR_CACHE_RETENTION_DAYS and uploads abandoned for
+    CONVEYOR_ARTIFACTS_PENDING_HOURS, a batch of rows per short transaction (SKIP LOCKED: two
+    cleanups share the work). Each row's object is queued by the database in the same
+    transaction and deleted by `storage_deletions_process`: never served again, never left."""
+    now = now or timezone.now()
+    batch_size = batch_size or settings.CONVEYOR_ARTIFACTS_CLEANUP_BATCH
+    unused = now - timedelta(days=settings.CONVEYOR_CACHE_RETENTION_DAYS)
+    abandoned = now - timedelta(hours=settings.CONVEYOR_ARTIFACTS_PENDING_HOURS)
+    due = Cache.objects.filter(status=CacheStatus.AVAILABLE, last_used_at__lt=unused) | Cache.objects.filter(
+        status=CacheStatus.PENDING, created_at__lt=abandoned
+    )
+    removed = 0
+    while True:
+        with transaction.atomic():
+            ids = list(
+                due.select_for_update(skip_locked=True)
+                .order_by("last_used_at")
+                .values_list("pk", flat=True)[:batch_size]
+            )
+            if ids:
+                removed += Cache.objects.filter(pk__in=ids).delete()[0]
+        if not ids:
+            return {"removed": removed}

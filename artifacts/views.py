@@ -30,7 +30,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
 from artifacts import selectors, services, storage
-from artifacts.models import Artifact, ArtifactStatus
+from artifacts.models import Artifact, ArtifactStatus, Cache, CacheStatus
 from runners.api import BadRequest, _bearer, _error, _field, _json_body
 from runners.services import JobNotHeld, RunnerAuthError
 from runs.models import Job
@@ -160,6 +160,20 @@ def dependencies(request: HttpRequest, job: Job) -> JsonResponse:
 
 
 @job_call("GET")
+def images(request: HttpRequest, job: Job) -> JsonResponse:
+    """The images (DOCKER artifacts) the jobs this job depends on recorded: {"images": [{name,
+    job, reference, digest}]}, which the runner hands to the job as CONVEYOR_IMAGE_* variables."""
+    return JsonResponse(
+        {
+            "images": [
+                {"name": a.name, "job": a.job.name if a.job else "", "reference": a.storage_path, "digest": a.digest}
+                for a in selectors.job_dependency_images(job=job)
+            ]
+        }
+    )
+
+
+@job_call("GET")
 def dependency_content(request: HttpRequest, job: Job, artifact_id) -> HttpResponse:
     available, _ = selectors.job_dependency_artifacts(job=job)
     artifact = next((a for a in available if str(a.pk) == str(artifact_id)), None)
@@ -174,6 +188,83 @@ def content(request: HttpRequest, job_id, artifact_id) -> HttpResponse:
     if request.method == "PUT":
         return upload_content(request, job_id, artifact_id=artifact_id)
     return dependency_content(request, job_id, artifact_id=artifact_id)
+
+
+# --- Caches (`cache:`): the job's repository's only.
+
+
+def _describe_cache(cache: Cache) -> dict[str, Any]:
+    return {
+        "id": str(cache.pk),
+        "key": cache.key,
+        "status": cache.status,
+        "size": cache.size_bytes,
+        "sha256": cache.sha256,
+    }
+
+
+def _repository_cache(job: Job, cache_id, **filters: Any) -> Cache:
+    cache = Cache.objects.filter(pk=cache_id, repository_id=job.run.pipeline.repository_id, **filters).first()
+    if cache is None:
+        raise Http404("no such cache of this repository")
+    return cache
+
+
+@job_call("POST")
+def cache_lookup(request: HttpRequest, job: Job) -> JsonResponse:
+    """{"keys": [key, fallback keys...]} -> {"found": true, "id", "key", "size", "sha256", "url"
+    or "path"} for the first key the repository has a cache for, else {"found": false}."""
+    keys = _field(_json_body(request), "keys", list)
+    if not keys or len(keys) > 10 or not all(isinstance(key, str) for key in keys):
+        raise BadRequest("field 'keys' must be a list of 1 to 10 strings")
+    cache = services.cache_lookup(job=job, keys=keys)
+    if cache is None:
+        return JsonResponse({"found": False})
+    entry = {"found": True, **_describe_cache(cache)}
+    url = storage.presigned_download(cache.storage_path, file_name="cache.tar.gz")
+    entry.update({"url": url} if url else {"path": f"jobs/{job.pk}/caches/{cache.pk}/content"})
+    return JsonResponse(entry)
+
+
+@job_call("POST")
+def cache_upload_begin(request: HttpRequest, job: Job) -> JsonResponse:
+    """{"key", "size", "sha256"} -> where to PUT the archive and where to commit it."""
+    data = _json_body(request)
+    cache = services.cache_upload_begin(
+        job=job, key=_field(data, "key", str), size=_field(data, "size", int), sha256=_field(data, "sha256", str)
+    )
+    target = storage.presigned_upload(cache.storage_path, size=cache.size_bytes, sha256=cache.sha256)
+    if target is None:
+        target = {"method": "PUT", "path": f"jobs/{job.pk}/caches/{cache.pk}/content", "headers": {}}
+    return JsonResponse(
+        {"id": str(cache.pk), "upload": target, "commit": f"jobs/{job.pk}/caches/{cache.pk}/commit"}, status=201
+    )
+
+
+@job_call("POST")
+def cache_commit(request: HttpRequest, job: Job, cache_id) -> JsonResponse:
+    cache = services.cache_commit(cache=_repository_cache(job, cache_id, job_id=job.pk))
+    return JsonResponse(_describe_cache(cache))
+
+
+@job_call("PUT")
+def cache_upload_content(request: HttpRequest, job: Job, cache_id) -> JsonResponse:
+    cache = services.cache_receive(cache=_repository_cache(job, cache_id, job_id=job.pk), stream=request)
+    return JsonResponse({"size": cache.size_bytes, "sha256": cache.sha256})
+
+
+@job_call("GET")
+def cache_download(request: HttpRequest, job: Job, cache_id) -> HttpResponse:
+    cache = _repository_cache(job, cache_id, status=CacheStatus.AVAILABLE)
+    return _stream(request, cache.storage_path, file_name="cache.tar.gz", size=cache.size_bytes)
+
+
+@csrf_exempt
+def cache_content(request: HttpRequest, job_id, cache_id) -> HttpResponse:
+    """PUT: the job uploads a cache of its repository. GET: it downloads one."""
+    if request.method == "PUT":
+        return cache_upload_content(request, job_id, cache_id=cache_id)
+    return cache_download(request, job_id, cache_id=cache_id)
 
 
 @login_required
@@ -198,14 +289,18 @@ def _file_response(request: HttpRequest, artifact: Artifact) -> HttpResponse:
         return HttpResponseRedirect(url)
     if artifact.status != ArtifactStatus.AVAILABLE:
         raise Http404("no such artifact")
-    stream = storage.open_stream(artifact.storage_path)
-    headers = {"Content-Disposition": f'attachment; filename="{artifact.file_name}"'}
+    return _stream(request, artifact.storage_path, file_name=artifact.file_name, size=artifact.size_bytes)
+
+
+def _stream(request: HttpRequest, storage_path: str, *, file_name: str, size: int) -> HttpResponse:
+    stream = storage.open_stream(storage_path)
+    headers = {"Content-Disposition": f'attachment; filename="{file_name}"'}
     if isinstance(request, ASGIRequest):
         response = StreamingHttpResponse(_aiter(stream), content_type="application/gzip", headers=headers)
-        response["Content-Length"] = str(artifact.size_bytes)
+        response["Content-Length"] = str(size)
         return response
     # WSGI streams a FileResponse itself (wsgi.file_wrapper).
-    return FileResponse(stream, as_attachment=True, filename=artifact.file_name, content_type="application/gzip")
+    return FileResponse(stream, as_attachment=True, filename=file_name, content_type="application/gzip")
 
 
 async def _aiter(stream: IO[bytes]) -> AsyncIterator[bytes]:

@@ -22,7 +22,16 @@ from pathlib import Path
 from bench.common import ensure_database, print_table, setup_django
 from bench.webhooks import ROOT, _free_port, _server_env, _wait_healthy
 
-COLUMNS = ["store", "size_mb", "upload_mb_s", "download_mb_s", "client_rss_growth_mb", "server_rss_growth_mb"]
+COLUMNS = [
+    "store",
+    "size_mb",
+    "upload_mb_s",
+    "download_mb_s",
+    "client_rss_growth_mb",
+    "server_rss_growth_mb",
+    "client_peak_rss_mb",
+    "server_peak_rss_mb",
+]
 
 _CLIENT = r"""
 import json, os, sys, time
@@ -74,6 +83,10 @@ class _Peak:
         self._stop.set()
         self._thread.join()
         return round((self.peak - self.baseline) / 2**20, 1)
+
+    def peak_mb(self) -> float:
+        """The highest RSS seen (call after growth_mb)."""
+        return round(self.peak / 2**20, 1)
 
 
 def _random_file(path: Path, size: int) -> str:
@@ -139,7 +152,8 @@ def _client(url: str, action: str, job, token: str, path: Path, size: int, sha25
     process.stdin.flush()
     result = json.loads(process.stdout.readline())
     process.wait(60)
-    return result["seconds"], client.growth_mb(), server.growth_mb()
+    growth = client.growth_mb(), server.growth_mb()
+    return result["seconds"], *growth, client.peak_mb(), server.peak_mb()
 
 
 def transfer(*, size_mb: int, store: str) -> dict[str, object]:
@@ -200,7 +214,7 @@ def transfer(*, size_mb: int, store: str) -> dict[str, object]:
         sha256 = _random_file(source, size)
         jobs, tokens = _jobs()
         url = f"http://127.0.0.1:{port}"
-        up_s, up_client, up_server = _client(
+        up_s, up_client, up_server, up_client_peak, up_server_peak = _client(
             url, "upload", jobs["build"], tokens["build"], source, size, sha256, server.pid
         )
         Job.objects.filter(pk=jobs["build"].pk).update(status=JobStatus.SUCCESS, finished_at=timezone.now())
@@ -208,7 +222,7 @@ def transfer(*, size_mb: int, store: str) -> dict[str, object]:
             status=JobStatus.RUNNING, lease_expires_at=timezone.now() + timedelta(hours=1)
         )  # noqa: E501
         target = work / "downloaded.bin"
-        down_s, down_client, down_server = _client(
+        down_s, down_client, down_server, down_client_peak, down_server_peak = _client(
             url, "download", jobs["test"], tokens["test"], target, size, sha256, server.pid
         )  # noqa: E501
         assert target.stat().st_size == size
@@ -219,6 +233,8 @@ def transfer(*, size_mb: int, store: str) -> dict[str, object]:
             "download_mb_s": round(size_mb / down_s, 1),
             "client_rss_growth_mb": max(up_client, down_client),
             "server_rss_growth_mb": max(up_server, down_server),
+            "client_peak_rss_mb": max(up_client_peak, down_client_peak),
+            "server_peak_rss_mb": max(up_server_peak, down_server_peak),
         }
     finally:
         for process in (server, moto):

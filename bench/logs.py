@@ -139,6 +139,18 @@ def _start_server(port: int, *, deflate: bool = True) -> subprocess.Popen:
     raise RuntimeError("the web server did not become healthy")
 
 
+def mismatched(got: bytes, expected: bytes) -> int:
+    """Bytes of `got` that differ from `expected` at the same offset, plus those missing or extra."""
+    if got == expected:
+        return 0
+    count = abs(len(got) - len(expected))
+    for start in range(0, min(len(got), len(expected)), 65536):
+        a, b = got[start : start + 65536], expected[start : start + 65536]
+        if a != b:
+            count += sum(1 for x, y in zip(a, b, strict=False) if x != y)
+    return count
+
+
 class _Viewer:
     def __init__(self) -> None:
         self.offset = 0
@@ -146,9 +158,11 @@ class _Viewer:
         self.digest = hashlib.sha256()
         self.contiguous = True
         self.latencies: list[float] = []
+        self.mismatched = 0
 
 
-async def _watch(url: str, headers: dict[str, str], viewer: _Viewer, total: int, ready: asyncio.Event) -> None:
+async def _watch(url: str, headers: dict[str, str], viewer: _Viewer, expected: bytes, ready: asyncio.Event) -> None:
+    total = len(expected)
     from websockets.asyncio.client import connect
 
     async with connect(url, additional_headers=headers, max_size=None) as socket_:
@@ -160,6 +174,8 @@ async def _watch(url: str, headers: dict[str, str], viewer: _Viewer, total: int,
             elif message["type"] == "log":
                 viewer.contiguous &= message["offset"] == viewer.offset
                 data = message["content"].encode()
+                # Compared with what the step printed at that offset: a wrong byte counts, wherever it is.
+                viewer.mismatched += mismatched(data, expected[message["offset"] : message["offset"] + len(data)])
                 viewer.digest.update(data)
                 viewer.size += len(data)
                 viewer.offset = message["end"]
@@ -168,17 +184,22 @@ async def _watch(url: str, headers: dict[str, str], viewer: _Viewer, total: int,
                     return
 
 
-def _viewers_process(url: str, headers: dict[str, str], count: int, total: int, ready, results) -> None:
+def _viewers_process(url: str, headers: dict[str, str], count: int, lines: int, ready, results) -> None:
     """The viewers, in a process of their own: they must not take the runner's CPU (or GIL)."""
+    expected = produced_output(lines)
 
     async def main():
         states = [_Viewer() for _ in range(count)]
         readies = [asyncio.Event() for _ in range(count)]
-        tasks = [asyncio.ensure_future(_watch(url, headers, states[i], total, readies[i])) for i in range(count)]
+        tasks = [asyncio.ensure_future(_watch(url, headers, states[i], expected, readies[i])) for i in range(count)]
         await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 60)
         ready.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 300)
-        return [(v.contiguous, v.size, v.digest.hexdigest(), v.latencies) for v in states]
+        # A viewer that saw fewer bytes than were printed missed the rest.
+        return [
+            (v.contiguous, v.size, v.digest.hexdigest(), v.mismatched + max(0, len(expected) - v.size), v.latencies)
+            for v in states
+        ]
 
     results.put(asyncio.run(main()))
 
@@ -203,7 +224,7 @@ def ingest_with_viewers(*, lines: int, viewers: int, deflate: bool = True) -> di
         if viewers:
             url = f"ws://127.0.0.1:{port}/ws/steps/{step.id}/"
             headers = {"Cookie": cookie, "Origin": f"http://127.0.0.1:{port}"}
-            watcher = context.Process(target=_viewers_process, args=(url, headers, viewers, len(data), ready, results))
+            watcher = context.Process(target=_viewers_process, args=(url, headers, viewers, lines, ready, results))
             watcher.start()
             if not ready.wait(90):
                 raise RuntimeError("the viewers did not connect")
@@ -231,8 +252,10 @@ def ingest_with_viewers(*, lines: int, viewers: int, deflate: bool = True) -> di
         server.terminate()
         server.wait(timeout=30)
     expected = hashlib.sha256(data).hexdigest()
-    exact = sum(1 for ok, size, digest, _ in states if ok and size == len(data) and digest == expected)
+    exact = sum(1 for ok, size, digest, *_ in states if ok and size == len(data) and digest == expected)
     latencies = [latency for *_, samples in states for latency in samples]
+    stored = _stored_mismatch(step.id, data)
+    wrong = stored + sum(count for *_, count, _ in states)
     return {
         "path": "runner -> HTTP -> ingest -> Redis -> WebSocket",
         "lines": lines,
@@ -246,7 +269,16 @@ def ingest_with_viewers(*, lines: int, viewers: int, deflate: bool = True) -> di
         "p99_ms": round(percentile(latencies, 99) * 1000, 2) if latencies else "",
         "max_ms": round(max(latencies) * 1000, 2) if latencies else "",
         "exact_viewers": f"{exact}/{viewers}",
+        "bytes_mismatched": wrong,
     }
+
+
+def _stored_mismatch(step_id, data: bytes) -> int:
+    """What the database holds for the step against what it printed."""
+    from logs.selectors import log_text
+    from runs.models import Step
+
+    return mismatched(log_text(step=Step.objects.get(pk=step_id)).encode(), data)
 
 
 def ingest_service_only(*, lines: int) -> dict[str, object]:
@@ -271,6 +303,7 @@ def ingest_service_only(*, lines: int) -> dict[str, object]:
         "viewers": 0,
         "ingest_mb_s": round(offset / 1e6 / elapsed, 1),
         "chunks_s": round(len(pieces) / elapsed),
+        "bytes_mismatched": _stored_mismatch(step.pk, data.encode()),
     }
 
 
@@ -286,4 +319,5 @@ COLUMNS = [
     "p99_ms",
     "max_ms",
     "exact_viewers",
+    "bytes_mismatched",
 ]

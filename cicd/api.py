@@ -15,10 +15,11 @@ from django.conf import settings
 from django.shortcuts import redirect
 from django.urls import path
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework import routers
 
 from artifacts.viewsets import ArtifactViewSet
+from pipelines.variables_api import VariableViewSet
 from pipelines.viewsets import LintView, PipelineViewSet, RepositoryViewSet, ScheduleViewSet
 from runs.viewsets import (
     ApprovalViewSet,
@@ -59,11 +60,14 @@ router.register("runners", RunnerViewSet, basename="api-runner")
 router.register("environments", EnvironmentViewSet, basename="api-environment")
 router.register("deployments", DeploymentViewSet, basename="api-deployment")
 router.register("approvals", ApprovalViewSet, basename="api-approval")
+router.register(r"repositories/(?P<repository_name>[-a-zA-Z0-9_]+)/variables", VariableViewSet, basename="api-variable")
 
 
 def _docs_view():
     if settings.CONVEYOR_API_DOCS_ASSETS:
-        return SpectacularSwaggerView.as_view(url_name="api-schema")
+        # The split view serves its start-up script as a file of its own (?script): the page has
+        # no inline script, as the Content-Security-Policy (script-src 'self') requires.
+        return SpectacularSwaggerSplitView.as_view(url_name="api-schema")
 
     def browsable_api(request):  # no local Swagger UI assets: DRF's browsable API instead
         return redirect("api-root")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import exceptions
 from rest_framework.pagination import PageNumberPagination
@@ -17,6 +19,12 @@ class Pagination(PageNumberPagination):
     max_page_size = 200
 
 
+class PayloadTooLarge(exceptions.APIException):
+    status_code = 413
+    default_detail = "The request body is too large."
+    default_code = "payload_too_large"
+
+
 class Conflict(exceptions.APIException):
     status_code = 409
     default_detail = "The current state does not allow this."
@@ -25,10 +33,13 @@ class Conflict(exceptions.APIException):
 
 def exception_handler(exc: Exception, context: dict[str, Any]):
     """DRF's handler, plus: a Django ValidationError (a malformed value in a filter) is a 400,
-    and a transition the engine refuses (retrying a running job) is a 409."""
+    a transition the engine refuses (retrying a running job) is a 409, and a body over
+    DATA_UPLOAD_MAX_MEMORY_SIZE a 413 in JSON (Django's own answer is an HTML 400 with no reason)."""
     from runs.services import TransitionError
 
-    if isinstance(exc, DjangoValidationError):
+    if isinstance(exc, RequestDataTooBig):
+        exc = PayloadTooLarge(f"the request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes")
+    elif isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(exc.messages)
     elif isinstance(exc, TransitionError):
         exc = Conflict(str(exc))

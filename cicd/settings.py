@@ -38,6 +38,48 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 # Absolute URL used in notifications and commit statuses.
 CONVEYOR_BASE_URL = env_str("CONVEYOR_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 
+# --- Secrets at rest (cicd/crypto.py; README: Secrets and variables). CI/CD variables, webhook
+# secrets, forge tokens and Slack URLs are encrypted with this Fernet key; the old keys still
+# decrypt (key rotation: `manage.py reencrypt_secrets`). Default: derived from SECRET_KEY.
+from cicd.crypto import check_key, derive_key  # noqa: E402
+
+CONVEYOR_ENCRYPTION_KEY = check_key(
+    "CONVEYOR_ENCRYPTION_KEY", env_str("CONVEYOR_ENCRYPTION_KEY", "") or derive_key(SECRET_KEY)
+)
+CONVEYOR_ENCRYPTION_OLD_KEYS = [
+    check_key("CONVEYOR_ENCRYPTION_OLD_KEYS", key) for key in env_list("CONVEYOR_ENCRYPTION_OLD_KEYS", [])
+]
+
+# --- HTTPS and security headers (README: Security). CONVEYOR_HTTPS=true is the production switch
+# (`manage.py check --deploy` is clean with it): secure cookies, HSTS, http -> https redirects.
+# The runner API and /healthz are not redirected: runners and probes often reach the web
+# process over the cluster's plain HTTP, behind the TLS-terminating proxy.
+CONVEYOR_HTTPS = env_bool("CONVEYOR_HTTPS", False)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", CONVEYOR_HTTPS)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^api/runner/"]
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", CONVEYOR_HTTPS)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", CONVEYOR_HTTPS)
+SESSION_COOKIE_HTTPONLY = True
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 365 * 24 * 3600 if CONVEYOR_HTTPS else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", CONVEYOR_HTTPS)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", CONVEYOR_HTTPS)
+# Only behind a proxy that sets X-Forwarded-Proto itself (and strips the client's): else any
+# client could claim HTTPS.
+if env_bool("CONVEYOR_TRUST_X_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# Pages load scripts, styles and images from Conveyor only, and talk to it only (fetch,
+# WebSockets): the templates have no inline script. Inline style attributes stay allowed.
+CONVEYOR_CONTENT_SECURITY_POLICY = env_str(
+    "CONVEYOR_CONTENT_SECURITY_POLICY",
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; "
+    "frame-ancestors 'none'",
+)
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -54,10 +96,12 @@ INSTALLED_APPS = [
     "runners",
     "artifacts",
     "logs",
+    "audit",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "cicd.security.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -354,6 +398,10 @@ if CONVEYOR_ARTIFACTS_CLEANUP_HOUR > 23:
     from django.core.exceptions import ImproperlyConfigured
 
     raise ImproperlyConfigured("CONVEYOR_ARTIFACTS_CLEANUP_HOUR must be an hour of the day, 0 to 23")
+# `cache:` archives unused (neither pulled nor pushed) for this many days go with the nightly cleanup.
+CONVEYOR_CACHE_RETENTION_DAYS = env_int("CONVEYOR_CACHE_RETENTION_DAYS", 14, minimum=1)
+# How often storage objects of deleted rows (runs, repositories, replaced caches) are deleted.
+CONVEYOR_STORAGE_DELETION_SWEEP_S = env_int("CONVEYOR_STORAGE_DELETION_SWEEP_S", 300, minimum=10)
 if ARTIFACTS_S3_BUCKET:
     from boto3.s3.transfer import TransferConfig
 
@@ -373,4 +421,8 @@ from celery.schedules import crontab  # noqa: E402
 CELERY_BEAT_SCHEDULE["artifacts-cleanup"] = {
     "task": "artifacts.tasks.cleanup_expired",
     "schedule": crontab(hour=CONVEYOR_ARTIFACTS_CLEANUP_HOUR, minute=17),
+}
+CELERY_BEAT_SCHEDULE["artifacts-storage-deletions"] = {
+    "task": "artifacts.tasks.drain_storage_deletions",
+    "schedule": float(CONVEYOR_STORAGE_DELETION_SWEEP_S),
 }

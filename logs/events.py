@@ -30,6 +30,8 @@ LOG_CHUNK = "log.chunk"
 LOG_SYNC = "log.sync"
 RUN_STATUS = "run.status"
 STEP_STATUS = "step.status"
+# A run of any repository changed (the runs list's viewers; runs.live, runs.consumers).
+RUNS_CHANGED = "runs.changed"
 
 
 def log_message(*, offset: int, end: int, content: str, kind: str, at: str | None) -> dict[str, Any]:
@@ -48,6 +50,11 @@ def step_group(step_id: Any) -> str:
 
 def run_group(run_id: Any) -> str:
     return f"run.{run_id}"
+
+
+def runs_group() -> str:
+    """Every run's changes, for the runs list: its viewers keep what they may see."""
+    return "runs"
 
 
 class _PublisherLoop:

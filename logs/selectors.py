@@ -46,12 +46,12 @@ def job_for_viewer(*, user: Any, job_id: Any) -> Job | None:
 
 
 def job_masked_values(*, job_id: Any) -> list[str]:
-    """Values to mask in this job's log at ingest (defence in depth: the runner masks first).
+    """Values to mask in this job's log at ingest (defence in depth: the runner masks first):
+    the masked CI/CD variables of the job's repository. The job token is known only as a
+    hash; the ingest service masks it when a chunk arrives authenticated with it."""
+    from pipelines.variables import masked_values_of_job
 
-    Masked CI/CD variables do not exist yet (the secrets issue adds them); until then the
-    server knows no secret of a job in clear. Only the job token is known, as a hash, and
-    the ingest service masks it when a chunk arrives authenticated with it."""
-    return []
+    return masked_values_of_job(job_id=job_id)
 
 
 # --- Offsets and history.

@@ -23,6 +23,7 @@ from pipelines.models import (
     Repository,
     RepositoryMembership,
     TriggerToken,
+    Variable,
     WebhookDelivery,
 )
 
@@ -47,7 +48,16 @@ class RepositoryForm(forms.ModelForm):
 
     class Meta:
         model = Repository
-        fields = ("name", "clone_url", "default_branch", "is_private", "forge", "forge_project", "forge_api_url")
+        fields = (
+            "name",
+            "clone_url",
+            "default_branch",
+            "protected_refs",
+            "is_private",
+            "forge",
+            "forge_project",
+            "forge_api_url",
+        )
 
     def clean_forge_token(self) -> str:
         # The admin builds the form with forge_token as a model field: blank must keep the stored one.
@@ -72,19 +82,38 @@ class RepositoryAdmin(admin.ModelAdmin):
     inlines = [PipelineInline]
 
     def get_fields(self, request, obj=None):
-        fields = ["name", "clone_url", "default_branch", "is_private"]
+        fields = ["name", "clone_url", "default_branch", "protected_refs", "is_private"]
         forge = ["forge", "forge_project", "forge_api_url", "forge_token", "clear_forge_token"]
         # A new repository gets its secret from the model default, not from a form field.
         if obj:
-            return [*fields, *forge, "has_forge_token", "webhook_secret", "webhook_urls", "created_at"]
+            return [*fields, *forge, "has_forge_token", "webhook_secret", "webhook_urls", "variables", "created_at"]
         return [*fields, *forge]
 
     def get_readonly_fields(self, request, obj=None):
-        return ("webhook_secret", "webhook_urls", "has_forge_token", "created_at") if obj else ()
+        return ("webhook_secret", "webhook_urls", "has_forge_token", "variables", "created_at") if obj else ()
 
     @admin.display(boolean=True, description="Forge token set")
     def has_forge_token(self, repository: Repository) -> bool:
         return bool(repository.forge_token)
+
+    @admin.display(description="CI/CD variables")
+    def variables(self, repository: Repository):
+        # Keys and flags only, each linking to its page: values are write-only.
+        rows = [
+            (
+                reverse("admin:pipelines_variable_change", args=[variable.pk]),
+                variable.key,
+                "" if variable.environment_scope == "*" else f" ({variable.environment_scope})",
+                ", ".join(flag for flag, on in (("masked", variable.masked), ("protected", variable.protected)) if on),
+            )
+            for variable in repository.variables.order_by("key", "environment_scope")
+        ]
+        add = reverse("admin:pipelines_variable_add") + f"?repository={repository.pk}"
+        return format_html(
+            "{}<div><a href='{}'>Add a variable</a></div>",
+            format_html_join("", "<div><a href='{}'><code>{}</code></a>{} {}</div>", rows),
+            add,
+        )
 
     @admin.display(description="Webhook URLs")
     def webhook_urls(self, repository: Repository):
@@ -393,6 +422,23 @@ class RepositoryMembershipAdmin(admin.ModelAdmin):
     raw_id_fields = ("user",)
     readonly_fields = ("created_at",)
 
+    # Through the services, which audit every change of a role.
+    def save_model(self, request, obj: RepositoryMembership, form, change: bool) -> None:
+        from pipelines.memberships import membership_save
+
+        membership_save(membership=obj, user=request.user)
+
+    def delete_model(self, request, obj: RepositoryMembership) -> None:
+        from pipelines.memberships import membership_delete
+
+        membership_delete(membership=obj, user=request.user)
+
+    def delete_queryset(self, request, queryset) -> None:
+        from pipelines.memberships import membership_delete
+
+        for membership in queryset.select_related("user", "group"):
+            membership_delete(membership=membership, user=request.user)
+
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
@@ -425,3 +471,75 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
         revoked = sum(api_token_revoke(token=token) for token in queryset)
         self.message_user(request, f"{revoked} token(s) revoked.", messages.SUCCESS)
+
+
+# --- CI/CD variables (pipelines.variables). Values are write-only: never in a list, never sent
+# back to the browser, never in the audit log.
+
+
+class VariableForm(forms.ModelForm):
+    value = forms.CharField(
+        required=False,
+        strip=False,
+        max_length=Variable._meta.get_field("value").max_length,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Write-only: it is never shown again. When changing a variable, leave empty to keep its value.",
+    )
+
+    class Meta:
+        model = Variable
+        fields = ("repository", "key", "masked", "protected", "environment_scope", "description")
+
+    def clean_value(self) -> str:
+        # Blank keeps the stored value; either is validated with the rest by Variable.clean
+        # (a masked value must be maskable).
+        value = self.cleaned_data.get("value") or ""
+        return value if value or not self.instance.pk else self.instance.value
+
+
+@admin.register(Variable)
+class VariableAdmin(admin.ModelAdmin):
+    form = VariableForm
+    list_display = ("key", "repository", "environment_scope", "masked", "protected", "updated_at")
+    list_filter = ("masked", "protected", "repository")
+    list_select_related = ("repository",)
+    search_fields = ("key", "repository__name", "description")
+    autocomplete_fields = ("repository",)
+
+    def get_fields(self, request, obj=None):
+        return ("repository", "key", "value", "masked", "protected", "environment_scope", "description")
+
+    def get_readonly_fields(self, request, obj=None):
+        # A variable stays with its repository: moving it would hand its value to another one.
+        return ("repository",) if obj else ()
+
+    def save_model(self, request, obj: Variable, form, change: bool) -> None:
+        from pipelines.variables import variable_create, variable_update
+
+        data = form.cleaned_data
+        fields = {
+            "key": obj.key,
+            "masked": obj.masked,
+            "protected": obj.protected,
+            "environment_scope": obj.environment_scope,
+            "description": obj.description,
+        }
+        if change:
+            saved = variable_update(variable=obj, user=request.user, value=data["value"], **fields)
+        else:
+            saved = variable_create(
+                repository=obj.repository, value=data.get("value") or "", user=request.user, **fields
+            )
+        obj.pk, obj.created_at, obj.updated_at = saved.pk, saved.created_at, saved.updated_at
+        obj._state.adding, obj._state.db = False, saved._state.db
+
+    def delete_model(self, request, obj: Variable) -> None:
+        from pipelines.variables import variable_delete
+
+        variable_delete(variable=obj, user=request.user)
+
+    def delete_queryset(self, request, queryset) -> None:
+        from pipelines.variables import variable_delete
+
+        for variable in queryset.select_related("repository"):
+            variable_delete(variable=variable, user=request.user)

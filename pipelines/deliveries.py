@@ -237,11 +237,23 @@ class _Outcome:
     runs: list[Any] = field(default_factory=list)
 
 
-def _claim(delivery_id: int, *, now: datetime) -> WebhookDelivery | None:
-    """QUEUED -> PROCESSING (or a stale PROCESSING taken over), guarded: one worker wins."""
+def _claim(delivery_id: int, *, now: datetime, takeover: bool = False) -> WebhookDelivery | None:
+    """QUEUED -> PROCESSING (or a stale PROCESSING taken over), guarded: one worker wins.
+
+    `takeover`: the task was handed out again because the worker running it died, so the
+    delivery's PROCESSING is that dead worker's and is taken over at once. Compared on the
+    `started_at` read here, so that two such copies cannot both take it."""
     claimable = Q(status=DeliveryStatus.QUEUED) | Q(
         status=DeliveryStatus.PROCESSING, started_at__lt=now - PROCESSING_STALE_AFTER
     )
+    if takeover:
+        started_at = (
+            WebhookDelivery.objects.filter(pk=delivery_id, status=DeliveryStatus.PROCESSING)
+            .values_list("started_at", flat=True)
+            .first()
+        )
+        if started_at is not None:
+            claimable |= Q(status=DeliveryStatus.PROCESSING, started_at=started_at)
     updated = WebhookDelivery.objects.filter(claimable, pk=delivery_id).update(
         status=DeliveryStatus.PROCESSING, started_at=now, attempts=F("attempts") + 1
     )
@@ -265,11 +277,11 @@ def _finish(delivery: WebhookDelivery, outcome: _Outcome) -> None:
     delivery.status = outcome.status
 
 
-def delivery_process(*, delivery_id: int) -> WebhookDelivery | None:
+def delivery_process(*, delivery_id: int, takeover: bool = False) -> WebhookDelivery | None:
     """Create the runs of a stored delivery. Returns None if another worker has it or it was
     processed already (a task delivered twice). Never raises for a bad delivery: the outcome
     is stored on it (FAILED with the reason)."""
-    delivery = _claim(delivery_id, now=timezone.now())
+    delivery = _claim(delivery_id, now=timezone.now(), takeover=takeover)
     if delivery is None:
         return None
     try:

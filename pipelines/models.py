@@ -5,9 +5,12 @@ from __future__ import annotations
 import secrets
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Lower
+
+from cicd.crypto import EncryptedTextField
 
 
 def _new_webhook_secret() -> str:
@@ -28,7 +31,13 @@ class Repository(models.Model):
         max_length=1000, help_text="Where to fetch from: a local path, file://, https:// or ssh URL."
     )
     default_branch = models.CharField(max_length=255, default="main")
-    webhook_secret = models.CharField(max_length=200, default=_new_webhook_secret)
+    protected_refs = models.TextField(
+        blank=True,
+        help_text="Protected branches and tags, one glob per line (e.g. 'main', 'release/*', 'v*'): only their "
+        "runs get protected variables. Empty: the default branch only.",
+    )
+    # Encrypted at rest (cicd.crypto), like every secret below.
+    webhook_secret = EncryptedTextField(max_length=200, default=_new_webhook_secret)
     is_private = models.BooleanField(default=True)
     forge = models.CharField(max_length=16, choices=Forge.choices, blank=True, default=Forge.NONE)
     forge_project = models.CharField(
@@ -44,7 +53,7 @@ class Repository(models.Model):
     )
     # A token allowed to post commit statuses (GitHub: statuses write; GitLab: api scope).
     # Empty: no commit status is reported. Never shown in the admin.
-    forge_token = models.CharField(max_length=500, blank=True)
+    forge_token = EncryptedTextField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -295,7 +304,7 @@ class Role(models.TextChoices):
     VIEWER = "viewer", "Viewer"
     # ... and runs pipelines, retries, starts and cancels jobs and runs.
     DEVELOPER = "developer", "Developer"
-    # ... and sees the repository's webhook deliveries and settings.
+    # ... and sees the repository's webhook deliveries and settings, and manages its CI/CD variables.
     MAINTAINER = "maintainer", "Maintainer"
 
 
@@ -369,3 +378,65 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user}: {self.description} ({self.hint}…)"
+
+
+# --- CI/CD variables (pipelines.variables; README: Secrets and variables).
+
+VARIABLE_KEY_VALIDATOR = RegexValidator(
+    r"^[A-Za-z_][A-Za-z0-9_]*\Z", "Letters, digits and underscores, not starting with a digit (like FOO_BAR)."
+)
+
+
+class Variable(models.Model):
+    """A repository's CI/CD variable (GitLab's project variable): put in the environment of its
+    jobs when a runner claims one. The value is encrypted at rest and write-only everywhere
+    (admin, API); a masked one is replaced by [MASKED] in logs; a protected one reaches only
+    runs of protected refs (Repository.protected_refs) and deploys to protected environments."""
+
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="variables")
+    key = models.CharField(max_length=255, validators=[VARIABLE_KEY_VALIDATOR])
+    value = EncryptedTextField(max_length=10_000, blank=True)
+    masked = models.BooleanField(
+        default=False, help_text="Hide the value in job logs. It must be at least 8 characters on a single line."
+    )
+    protected = models.BooleanField(
+        default=False,
+        help_text="Only runs of protected branches and tags, and deploys to protected environments, get it.",
+    )
+    environment_scope = models.CharField(
+        max_length=255,
+        default="*",
+        help_text="The environments whose jobs get it: '*' for every job, else a name or a glob "
+        "('review/*'), matched against the job's `environment:`.",
+    )
+    description = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["repository__name", "key", "environment_scope"]
+        constraints = [
+            # Also the index of the claim's lookup: every variable of one repository.
+            models.UniqueConstraint(
+                fields=["repository", "key", "environment_scope"], name="variable_unique_key_per_scope"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        scope = "" if self.environment_scope == "*" else f" ({self.environment_scope})"
+        return f"{self.repository.name}: {self.key}{scope}"
+
+    def clean(self) -> None:
+        from pipelines.variables import variable_errors
+
+        errors = variable_errors(
+            key=self.key,
+            value=self.value,
+            masked=self.masked,
+            environment_scope=self.environment_scope,
+            description=self.description,
+        )
+        if errors:
+            from django.core.exceptions import ValidationError
+
+            raise ValidationError(errors)

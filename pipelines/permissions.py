@@ -88,7 +88,8 @@ def can_run(user: Any, repository: Repository) -> bool:
 
 
 def can_maintain(user: Any, repository: Repository) -> bool:
-    """May the user see the repository's webhook deliveries and settings (maintainer)?"""
+    """May the user see the repository's webhook deliveries and settings, and manage its CI/CD
+    variables (maintainer)?"""
     return repository_role(user, repository) in Role.CAN_MAINTAIN
 
 

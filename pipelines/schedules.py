@@ -125,15 +125,31 @@ def schedule_fire(*, schedule: PipelineSchedule) -> PipelineRun | None:
 
 
 def schedules_run_due(*, now: datetime | None = None) -> dict[str, int]:
-    """Fire every schedule that is due. Safe to run twice at once: each fires once."""
+    """Fire every schedule that is due. Safe to run twice at once: each fires once.
+
+    The claim and the run it fires commit together: a tick that dies in between (its beat or
+    worker killed while the repository is fetched) takes its claim with it, and the next
+    tick fires the slot. A concurrent tick waits on the claimed row, then finds it taken.
+    An error while firing is recorded on the schedule and keeps the claim, so a schedule
+    that cannot fire is not retried on every tick."""
     now = now or timezone.now()
     counts = {"due": 0, "fired": 0, "runs": 0}
     for schedule_id in selectors.schedules_due(now=now):
         counts["due"] += 1
-        schedule = _claim(schedule_id, now=now)
-        if schedule is None:
-            continue
-        counts["fired"] += 1
-        if schedule_fire(schedule=schedule) is not None:
+        with transaction.atomic():
+            schedule = _claim(schedule_id, now=now)
+            if schedule is None:
+                continue
+            counts["fired"] += 1
+            try:
+                with transaction.atomic():  # a savepoint: a failure here leaves the claim to commit
+                    run = schedule_fire(schedule=schedule)
+            except Exception as exc:
+                logger.exception("schedule %s: firing failed", schedule.pk)
+                PipelineSchedule.objects.filter(pk=schedule.pk).update(
+                    last_error=f"internal error: {type(exc).__name__}: {exc}"[:2000]
+                )
+                run = None
+        if run is not None:
             counts["runs"] += 1
     return counts

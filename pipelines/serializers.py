@@ -8,7 +8,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from pipelines.models import Pipeline, PipelineSchedule, Repository
+from pipelines.models import Pipeline, PipelineSchedule, Repository, RepositoryMembership, Role
 from pipelines.permissions import repository_roles
 
 MAX_VARIABLES = 100
@@ -30,6 +30,26 @@ class RepositorySerializer(serializers.ModelSerializer):
             request = self.context.get("request")
             roles = repository_roles(request.user, [repository.pk]) if request else {}
         return roles.get(repository.pk)
+
+
+class MemberSerializer(serializers.ModelSerializer):
+    """A repository's member: a user or a group, with a role. Groups are given roles in the admin."""
+
+    user = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    group = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
+
+    class Meta:
+        model = RepositoryMembership
+        fields = ["id", "user", "group", "role", "created_at"]
+
+
+class MemberAddSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class MemberRoleSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Role.choices)
 
 
 class PipelineSerializer(serializers.ModelSerializer):

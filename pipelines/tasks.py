@@ -12,11 +12,14 @@ from pipelines import commit_status, deliveries, schedules
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="pipelines.tasks.process_delivery", ignore_result=True)
-def process_delivery(delivery_id: int) -> str | None:
+@shared_task(bind=True, name="pipelines.tasks.process_delivery", ignore_result=True)
+def process_delivery(self, delivery_id: int) -> str | None:
     """Fetch, read the config and create the runs of a stored webhook delivery. A second
-    delivery of this task (or one for a delivery already processed) does nothing."""
-    delivery = deliveries.delivery_process(delivery_id=delivery_id)
+    delivery of this task (or one for a delivery already processed) does nothing, except
+    when the broker redelivers it because the worker running it died (acks_late with
+    reject_on_worker_lost): then it takes the dead worker's delivery over at once."""
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    delivery = deliveries.delivery_process(delivery_id=delivery_id, takeover=redelivered)
     if delivery is None:
         return None
     logger.info("webhook delivery %s: %s", delivery_id, delivery.status)

@@ -21,9 +21,18 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from pipelines import services
 from pipelines.admin import RunPipelineForm
 from pipelines.api_tokens import api_token_create, api_token_revoke
-from pipelines.models import ApiToken, Pipeline, Repository, Role
+from pipelines.deliveries import delivery_replay
+from pipelines.memberships import (
+    MembershipError,
+    may_manage_memberships,
+    membership_add,
+    membership_remove,
+    membership_set_role,
+)
+from pipelines.models import ApiToken, DeliveryStatus, Pipeline, Repository, RepositoryMembership, Role
 from pipelines.permissions import (
     can_run,
+    can_view,
     repository_role,
     repository_roles,
     visible_deliveries,
@@ -36,6 +45,7 @@ from runs import actions
 from runs.page_selectors import FilterError, text_param
 
 DELIVERIES_PER_PAGE = 50
+DEPLOYMENTS_PER_PAGE = 25
 REPOSITORY_RECENT_RUNS = 10
 
 
@@ -98,7 +108,89 @@ def repository_detail(request: HttpRequest, name: str) -> HttpResponse:
         "badge_url": badge,
         "runs_url": reverse("runs:list") + f"?repository={repository.name}",
     }
+    # Members: listed to the repository's own people (and staff), editable by its maintainers.
+    manage = may_manage_memberships(request.user, repository)
+    if role is not None or manage or request.user.is_staff:
+        context["members"] = list(
+            RepositoryMembership.objects.filter(repository=repository)
+            .select_related("user", "group")
+            .order_by("group__name", "user__username")
+        )
+        context["can_manage_members"] = manage
+        context["roles"] = Role.choices
     return render(request, "pipelines/repository_detail.html", context)
+
+
+# --- Members (pipelines.memberships decides who may and what is allowed).
+
+
+def _members_url(repository: Repository) -> str:
+    return reverse("runs:repository", args=[repository.name]) + "#members"
+
+
+def _membership_or_404(repository: Repository, membership_id: int) -> RepositoryMembership:
+    membership = (
+        RepositoryMembership.objects.filter(repository=repository, pk=membership_id)
+        .select_related("repository", "user", "group")
+        .first()
+    )
+    if membership is None:
+        raise Http404("No such member")
+    return membership
+
+
+def _after_membership_change(request: HttpRequest, repository: Repository, call: Any, success: str) -> HttpResponse:
+    try:
+        call()
+    except MembershipError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, success)
+    if not can_view(request.user, repository):  # they took their own role away
+        return redirect("runs:repositories")
+    return redirect(_members_url(repository))
+
+
+@login_required
+@require_POST
+def member_add(request: HttpRequest, name: str) -> HttpResponse:
+    repository = _repository_or_404(request, name)
+    username = (request.POST.get("username") or "").strip()[:150]
+    role = request.POST.get("role") or ""
+
+    def call() -> None:
+        membership_add(repository=repository, username=username, role=role, by=request.user)
+
+    return _after_membership_change(request, repository, call, f"{username} added as {role}.")
+
+
+@login_required
+@require_POST
+def member_role(request: HttpRequest, name: str, membership_id: int) -> HttpResponse:
+    repository = _repository_or_404(request, name)
+    membership = _membership_or_404(repository, membership_id)
+    role = request.POST.get("role") or ""
+
+    def call() -> None:
+        membership_set_role(membership=membership, role=role, by=request.user)
+
+    return _after_membership_change(request, repository, call, f"{_member_name(membership)} is now {role}.")
+
+
+@login_required
+@require_POST
+def member_remove(request: HttpRequest, name: str, membership_id: int) -> HttpResponse:
+    repository = _repository_or_404(request, name)
+    membership = _membership_or_404(repository, membership_id)
+
+    def call() -> None:
+        membership_remove(membership=membership, by=request.user)
+
+    return _after_membership_change(request, repository, call, f"{_member_name(membership)} removed.")
+
+
+def _member_name(membership: RepositoryMembership) -> str:
+    return membership.user.get_username() if membership.user_id else f"group {membership.group.name}"
 
 
 @login_required
@@ -166,7 +258,23 @@ def delivery_detail(request: HttpRequest, delivery_id: int) -> HttpResponse:
     if delivery is None:
         raise Http404("No such delivery")
     runs = delivery.runs.select_related("pipeline__repository").order_by("-created_at")
-    return render(request, "pipelines/delivery_detail.html", {"delivery": delivery, "runs": runs})
+    context = {"delivery": delivery, "runs": runs, "can_redeliver": delivery.status not in DeliveryStatus.PENDING}
+    return render(request, "pipelines/delivery_detail.html", context)
+
+
+@login_required
+@require_POST
+def delivery_redeliver(request: HttpRequest, delivery_id: int) -> HttpResponse:
+    """Process a stored delivery again (maintainers: others get the 404 of the page itself).
+    Runs that already exist for its commit are linked, not created twice."""
+    delivery = visible_deliveries(request.user).select_related("repository").filter(pk=delivery_id).first()
+    if delivery is None:
+        raise Http404("No such delivery")
+    if delivery_replay(delivery=delivery):
+        messages.success(request, "Redelivered: the delivery is queued to be processed again.")
+    else:
+        messages.error(request, "The delivery is being processed right now; try again when it is done.")
+    return redirect("runs:delivery", delivery_id=delivery.pk)
 
 
 @login_required
@@ -191,6 +299,35 @@ def environments_list(request: HttpRequest) -> HttpResponse:
         .order_by("repository__name", "name")
     )
     return render(request, "pipelines/environments.html", {"environments": environments})
+
+
+@login_required
+@require_GET
+def environment_detail(request: HttpRequest, environment_id: int) -> HttpResponse:
+    """An environment's deployment history: who deployed which run and commit, with what
+    outcome, the approvals each got (who, when), rollbacks and redeploys; newest first."""
+    from runs.deployment_selectors import environment_current_deployment
+    from runs.page_selectors import environment_deployments
+
+    environment = (
+        visible_environments(request.user)
+        .select_related("repository", "approver_group")
+        .filter(pk=environment_id)
+        .first()
+    )
+    if environment is None:
+        raise Http404("No such environment")
+    page = Paginator(environment_deployments(environment=environment), DEPLOYMENTS_PER_PAGE).get_page(
+        request.GET.get("page")
+    )
+    context = {
+        "environment": environment,
+        "repository": environment.repository,
+        "page": page,
+        "deployments": page.object_list,
+        "current": environment_current_deployment(environment=environment),
+    }
+    return render(request, "pipelines/environment_detail.html", context)
 
 
 # --- Personal API tokens.

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import parsers, viewsets
-from rest_framework.exceptions import ParseError, ValidationError
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, ParseError, PermissionDenied, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -15,10 +17,26 @@ from rest_framework.views import APIView
 from pipelines.config.lint import lint_error_report, lint_errors, lint_report
 from pipelines.config.parser import parse_pipeline
 from pipelines.config.spec import ConfigError, TriggerContext
-from pipelines.permissions import repository_roles, visible_pipelines, visible_repositories, visible_schedules
+from pipelines.memberships import (
+    MembershipError,
+    may_manage_memberships,
+    membership_add,
+    membership_remove,
+    membership_set_role,
+)
+from pipelines.permissions import (
+    repository_role,
+    repository_roles,
+    visible_pipelines,
+    visible_repositories,
+    visible_schedules,
+)
 from pipelines.serializers import (
     LintResultSerializer,
     LintSerializer,
+    MemberAddSerializer,
+    MemberRoleSerializer,
+    MemberSerializer,
     PipelineSerializer,
     RepositorySerializer,
     ScheduleSerializer,
@@ -41,6 +59,63 @@ class RepositoryViewSet(viewsets.ReadOnlyModelViewSet):
         roles = repository_roles(request.user, [r.pk for r in page])
         data = RepositorySerializer(page, many=True, context={**self.get_serializer_context(), "roles": roles}).data
         return self.get_paginated_response(data)
+
+    # --- Members: listed to the repository's own people (and staff), changed by its maintainers
+    # (pipelines.memberships decides; its refusals are 403s, impossible changes 400s).
+
+    @extend_schema(
+        methods=["GET"], responses=MemberSerializer(many=True), summary="The repository's members and their roles"
+    )
+    @extend_schema(
+        methods=["POST"], request=MemberAddSerializer, responses={201: MemberSerializer}, summary="Add a user"
+    )
+    @action(detail=True, methods=["get", "post"], url_path="members", pagination_class=None)
+    def members(self, request: Request, name: str | None = None) -> Response:
+        repository = self.get_object()
+        if request.method == "POST":
+            body = MemberAddSerializer(data=request.data)
+            body.is_valid(raise_exception=True)
+            membership = _membership_call(
+                membership_add,
+                repository=repository,
+                username=body.validated_data["username"],
+                role=body.validated_data["role"],
+                by=request.user,
+            )
+            return Response(MemberSerializer(membership).data, status=201)
+        if repository_role(request.user, repository) is None and not (
+            request.user.is_staff or may_manage_memberships(request.user, repository)
+        ):
+            raise PermissionDenied("Only the repository's members see its members.")
+        members = repository.memberships.select_related("user", "group").order_by("group__name", "user__username")
+        return Response(MemberSerializer(members, many=True).data)
+
+    @extend_schema(methods=["PATCH"], request=MemberRoleSerializer, responses=MemberSerializer, summary="Change a role")
+    @extend_schema(methods=["DELETE"], request=None, responses={204: None}, summary="Remove a member")
+    @action(detail=True, methods=["patch", "delete"], url_path=r"members/(?P<membership_id>[0-9]+)")
+    def member(self, request: Request, name: str | None = None, membership_id: str = "") -> Response:
+        repository = self.get_object()
+        membership = (
+            repository.memberships.select_related("repository", "user", "group").filter(pk=int(membership_id)).first()
+        )
+        if membership is None:
+            raise NotFound("No such member.")
+        if request.method == "DELETE":
+            _membership_call(membership_remove, membership=membership, by=request.user)
+            return Response(status=204)
+        body = MemberRoleSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        _membership_call(membership_set_role, membership=membership, role=body.validated_data["role"], by=request.user)
+        return Response(MemberSerializer(membership).data)
+
+
+def _membership_call(service: Any, **kwargs: Any) -> Any:
+    try:
+        return service(**kwargs)
+    except DjangoPermissionDenied as exc:
+        raise PermissionDenied(str(exc)) from None
+    except MembershipError as exc:
+        raise ValidationError({"detail": str(exc)}) from None
 
 
 @extend_schema_view(list=extend_schema(parameters=[OpenApiParameter("repository", str)]))

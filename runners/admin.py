@@ -92,8 +92,7 @@ class RunnerAdmin(admin.ModelAdmin):
     def revoke(self, request, queryset) -> None:
         count = 0
         for runner in queryset:
-            services.runner_revoke(runner=runner)
-            count += 1
+            count += services.runner_revoke(runner=runner, user=request.user)
         self.message_user(request, f"{count} runner(s) revoked.", messages.SUCCESS)
 
 

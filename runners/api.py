@@ -16,7 +16,7 @@ from functools import wraps
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
@@ -33,7 +33,9 @@ CONCURRENCY_RANGE = range(1, 2**15)
 
 
 class BadRequest(Exception):
-    pass
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _error(status: int, message: str, **extra: Any) -> JsonResponse:
@@ -41,12 +43,22 @@ def _error(status: int, message: str, **extra: Any) -> JsonResponse:
 
 
 def _json_body(request: HttpRequest) -> dict[str, Any]:
-    if len(request.body) > MAX_BODY_BYTES:
-        raise BadRequest(f"body over {MAX_BODY_BYTES} bytes")
-    if not request.body:
+    declared = request.META.get("CONTENT_LENGTH") or ""
+    try:
+        length = int(declared) if declared else 0
+    except ValueError:
+        raise BadRequest("invalid Content-Length header") from None
+    if length > MAX_BODY_BYTES:
+        raise BadRequest(f"the body is {length} bytes; the limit is {MAX_BODY_BYTES}", status=413)
+    # read(), not .body: DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB, meant for forms) would refuse a log
+    # chunk of 1 MB of non-ASCII text, which JSON escapes into up to 6 MB; this API has its own bound.
+    body = request.read(MAX_BODY_BYTES + 1)
+    if len(body) > MAX_BODY_BYTES:
+        raise BadRequest(f"the body is over the limit of {MAX_BODY_BYTES} bytes", status=413)
+    if not body:
         return {}
     try:
-        data = json.loads(request.body)
+        data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -97,7 +109,7 @@ def runner_endpoint(view: Callable) -> Callable:
         except RunnerAuthError as exc:
             return _error(401, str(exc))
         except BadRequest as exc:
-            return _error(400, str(exc))
+            return _error(exc.status, str(exc))
         except JobNotHeld as exc:
             return _error(409, str(exc), code="job_not_held")
         except StepNotFound as exc:
@@ -134,7 +146,7 @@ def register(request: HttpRequest) -> JsonResponse:
             version=_field(data, "version", str, ""),
         )
     except BadRequest as exc:
-        return _error(400, str(exc))
+        return _error(exc.status, str(exc))
     except RunnerAuthError as exc:
         return _error(403, str(exc))
     return JsonResponse({"id": str(runner.id), "token": token}, status=201)
@@ -150,7 +162,7 @@ def _authenticate_and_claim(token: str) -> tuple[Runner, services.ClaimedJob | N
 
 
 @csrf_exempt
-async def request_job(request: HttpRequest) -> JsonResponse:
+async def request_job(request: HttpRequest) -> HttpResponse:
     """Claim a job; with {"wait": N} long-poll up to N seconds, woken by LISTEN/NOTIFY."""
     if request.method != "POST":
         return _error(405, "POST only")
@@ -158,7 +170,7 @@ async def request_job(request: HttpRequest) -> JsonResponse:
         data = _json_body(request)
         wait = float(_field(data, "wait", (int, float), 0))
     except BadRequest as exc:
-        return _error(400, str(exc))
+        return _error(exc.status, str(exc))
     token = _bearer(request)
     deadline = asyncio.get_running_loop().time() + max(0.0, min(wait, MAX_LONG_POLL_S))
     listener = None
@@ -172,14 +184,14 @@ async def request_job(request: HttpRequest) -> JsonResponse:
                 return JsonResponse(dataclasses.asdict(job))
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
-                return JsonResponse({}, status=204)
+                return HttpResponse(status=204)  # no body: h11 aborts a 204 with one
             if listener is None:
                 listener = await _async_listener()
             try:
                 async for _ in listener.notifies(timeout=remaining, stop_after=1):
                     break
             except Exception:
-                return JsonResponse({}, status=204)
+                return HttpResponse(status=204)  # no body: h11 aborts a 204 with one
     finally:
         if listener is not None:
             await listener.close()
@@ -244,7 +256,7 @@ def step_log(request: HttpRequest, job_id, step_id) -> JsonResponse:
     except RunnerAuthError as exc:
         return _error(401, str(exc))
     except (BadRequest, ValueError) as exc:
-        return _error(400, str(exc))
+        return _error(getattr(exc, "status", 400), str(exc))
     except JobNotHeld as exc:
         return _error(409, str(exc), code="job_not_held")
     except StepNotFound as exc:

@@ -255,50 +255,78 @@ def unpack(source: IO[bytes], destination: Path, *, max_bytes: int, log: Log) ->
         result.skipped.append(name)
         log(f"WARNING: {name}: {why}: skipped")
 
+    links: list[tuple[str, str]] = []  # (name, path) of each symlink made
     try:
         with tarfile.open(fileobj=bounded, mode="r|") as archive:
             for member in archive:
                 name = member.name
-                parts = Path(name).parts
-                if os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in parts:
-                    skip(name, "a path outside the workspace")
-                    continue
-                relative = os.path.normpath(name)
-                if relative in {".", ""}:
-                    continue
-                target = os.path.join(root, relative)
-                parent = os.path.dirname(target)
-                if not _inside(os.path.realpath(parent), root):
-                    skip(name, "below a symlink that leads outside the workspace")
-                    continue
-                if member.isdir():
-                    if os.path.islink(target):
-                        skip(name, "a directory where a symlink already is")
-                        continue
-                    os.makedirs(target, exist_ok=True)
-                    os.chmod(target, (member.mode & 0o777) | 0o700)
-                elif member.isfile():
-                    os.makedirs(parent, exist_ok=True)
-                    _write_member(archive, member, target)
-                    result.files += 1
-                    result.bytes += member.size
-                elif member.issym():
-                    link = member.linkname
-                    resolved = os.path.realpath(os.path.join(parent, link))
-                    if os.path.isabs(link) or not _inside(resolved, root):
-                        skip(name, f"a symlink to {link}, outside the workspace")
-                        continue
-                    os.makedirs(parent, exist_ok=True)
-                    if os.path.lexists(target) and not os.path.isdir(target):
-                        os.unlink(target)
-                    os.symlink(link, target)
-                elif member.islnk():
-                    skip(name, "a hard link")
-                else:
-                    skip(name, "a device, fifo or other special file")
+                try:
+                    _unpack_member(archive, member, root, result, links, skip)
+                except gzip.BadGzipFile:
+                    raise  # an OSError too, but the archive's fault: corrupt, below
+                except OSError as exc:
+                    # Entries that clash with what is there (a file below a file, a file where a
+                    # directory is, a name too long): this entry is left out, the rest goes on.
+                    skip(name, f"cannot be written ({exc.strerror or exc})")
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise ArchiveError(f"the archive is corrupt: {exc}") from exc
+    # Each link was checked when it was made, but a later one can change where an earlier one
+    # leads (x -> y/.. then y -> .): whatever leads out of the workspace at the end is removed.
+    for name, path in links:
+        if os.path.islink(path) and not _inside(os.path.realpath(path), root):
+            link = os.readlink(path)
+            os.unlink(path)
+            skip(name, f"a symlink to {link}, which leads outside the workspace once unpacked")
     return result
+
+
+def _unpack_member(
+    archive: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    root: str,
+    result: Unpacked,
+    links: list[tuple[str, str]],
+    skip: Callable[[str, str], None],
+) -> None:
+    name = member.name
+    parts = Path(name).parts
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in parts:
+        skip(name, "a path outside the workspace")
+        return
+    relative = os.path.normpath(name)
+    if relative in {".", ""}:
+        return
+    target = os.path.join(root, relative)
+    parent = os.path.dirname(target)
+    if not _inside(os.path.realpath(parent), root):
+        skip(name, "below a symlink that leads outside the workspace")
+        return
+    if member.isdir():
+        if os.path.islink(target):
+            skip(name, "a directory where a symlink already is")
+            return
+        os.makedirs(target, exist_ok=True)
+        os.chmod(target, (member.mode & 0o777) | 0o700)
+    elif member.isfile():
+        os.makedirs(parent, exist_ok=True)
+        _write_member(archive, member, target)
+        result.files += 1
+        result.bytes += member.size
+    elif member.issym():
+        link = member.linkname
+        resolved = os.path.realpath(os.path.join(parent, link))
+        if os.path.isabs(link) or not _inside(resolved, root):
+            skip(name, f"a symlink to {link}, outside the workspace")
+            return
+        os.makedirs(parent, exist_ok=True)
+        if os.path.lexists(target) and not os.path.isdir(target):
+            os.unlink(target)
+        os.symlink(link, target)
+        links.append((name, target))
+    elif member.islnk():
+        skip(name, "a hard link")
+    else:
+        skip(name, "a device, fifo or other special file")
 
 
 def _write_member(archive: tarfile.TarFile, member: tarfile.TarInfo, target: str) -> None:

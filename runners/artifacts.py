@@ -11,6 +11,11 @@ After the steps (`JobArtifacts.after_steps`), as `artifacts: when:` says: `paths
 the images the job recorded with `conveyor-artifact docker` DOCKER artifacts; each archive
 is written to disk while hashed, then uploaded streaming.
 
+Caches (`cache:`, README: Caches) ride along: before the steps each cache whose policy pulls
+is restored (its key, else a fallback key; none is no error), after them each whose policy
+pushes is saved. A cache never fails a job: its problems are warnings in the log. The images
+its dependencies recorded reach the steps as CONVEYOR_IMAGE_* variables (`image_variables`).
+
 The transfers go through an ArtifactTransport: the server's services straight away on
 trusted runners (`OrmArtifacts`), the runner API with the job's own token over HTTP
 (`HttpArtifacts`; with S3 storage, presigned URLs straight to the bucket).
@@ -18,6 +23,7 @@ trusted runners (`OrmArtifacts`), the runner API with the job's own token over H
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -38,7 +44,10 @@ logger = logging.getLogger(__name__)
 
 CLI_NAME = "conveyor-artifact"
 REUSE_KEY_VERSION = "conveyor-reuse-1"
-_TRANSFER_ATTEMPTS = 3
+# A transfer that fails because the server or the storage is away for a moment is retried
+# with backoff for this long: as patient as the job's other reports (runners.worker), so a
+# web server restart (a deploy) does not fail the job that was uploading through it.
+_TRANSFER_PATIENCE_S = 600.0
 _VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 
@@ -56,15 +65,29 @@ def _transient(exc: BaseException) -> bool:
 
 
 def _retry(call, what: str):
-    for attempt in range(1, _TRANSFER_ATTEMPTS + 1):
+    deadline = time.monotonic() + _TRANSFER_PATIENCE_S
+    delay = 1.0
+    while True:
         try:
             return call()
         except Exception as exc:
-            if not _transient(exc) or attempt == _TRANSFER_ATTEMPTS:
+            if not _transient(exc) or time.monotonic() + delay > deadline:
                 raise
-            logger.warning("%s failed (%s); retrying", what, exc)
-            time.sleep(min(10.0, 1.0 * 2**attempt))
-    return None
+            logger.warning("%s failed (%s); retrying in %.0fs", what, exc, delay)
+            _drop_broken_connection(exc)
+            time.sleep(delay)
+            delay = min(10.0, delay * 2)
+
+
+def _drop_broken_connection(exc: BaseException) -> None:
+    """After a database error (trusted runners: the ORM transport), close this thread's
+    connection, so that the retry connects afresh: Django would keep failing on a connection
+    the database dropped (restarted), as runners.backends.OrmBackend does for reports."""
+    import django.db
+
+    if isinstance(exc, (django.db.OperationalError, django.db.InterfaceError)):
+        with contextlib.suppress(Exception):
+            django.db.connection.close()
 
 
 # --- Transports.
@@ -85,6 +108,14 @@ class ArtifactTransport(Protocol):
 
     def reuse(self, job: ClaimedJob, *, cache_key: str) -> dict[str, Any] | None: ...
 
+    def images(self, job: ClaimedJob) -> list[dict[str, Any]]: ...
+
+    def cache_lookup(self, job: ClaimedJob, *, keys: list[str]) -> dict[str, Any] | None: ...
+
+    def cache_download(self, job: ClaimedJob, entry: dict[str, Any], destination: IO[bytes]) -> None: ...
+
+    def cache_upload(self, job: ClaimedJob, *, key: str, path: Path, size: int, sha256: str) -> dict[str, Any]: ...
+
 
 def artifact_transport(reporter: Any) -> ArtifactTransport | None:
     """The transport of the backend behind an executor's reporter (a RetryingReporter wraps
@@ -94,6 +125,15 @@ def artifact_transport(reporter: Any) -> ArtifactTransport | None:
         if transport is not None:
             return transport
     return None
+
+
+def _image(artifact: Any) -> dict[str, Any]:
+    return {
+        "name": artifact.name,
+        "job": artifact.job.name if artifact.job else "",
+        "reference": artifact.storage_path,
+        "digest": artifact.digest,
+    }
 
 
 def _entry(artifact: Any) -> dict[str, Any]:
@@ -173,6 +213,41 @@ class OrmArtifacts:
             return None
         return {"source": {"job": source.name, "run": source.run.number}, "artifacts": [_entry(a) for a in copies]}
 
+    def images(self, job):
+        from artifacts.selectors import job_dependency_images
+
+        return [_image(a) for a in job_dependency_images(job=self._job(job))]
+
+    def cache_lookup(self, job, *, keys):
+        from artifacts.services import ArtifactRefused, cache_lookup
+
+        try:
+            cache = cache_lookup(job=self._job(job), keys=keys)
+        except ArtifactRefused as exc:
+            raise ArtifactTransferError(str(exc)) from exc
+        if cache is None:
+            return None
+        return {
+            "id": str(cache.pk),
+            "key": cache.key,
+            "size": cache.size_bytes,
+            "sha256": cache.sha256,
+            "storage_path": cache.storage_path,
+        }
+
+    def cache_download(self, job, entry, destination):
+        self.download(job, entry, destination)
+
+    def cache_upload(self, job, *, key, path, size, sha256):
+        from artifacts.services import ArtifactRefused, cache_store
+
+        with path.open("rb") as handle:
+            try:
+                cache = cache_store(job=self._job(job), key=key, file=handle, size=size, sha256=sha256)
+            except ArtifactRefused as exc:
+                raise ArtifactTransferError(str(exc)) from exc
+        return {"id": str(cache.pk), "key": cache.key, "size": cache.size_bytes, "sha256": cache.sha256}
+
 
 class HttpArtifacts:
     """HTTP runners: the runner API, authenticated by the job's own token. Presigned URLs
@@ -204,6 +279,9 @@ class HttpArtifacts:
     def upload(self, job, *, name, type, path, size, sha256, cache_key):
         body = {"name": name, "type": type, "size": size, "sha256": sha256, "cache_key": cache_key}
         begun = self._call("POST", f"jobs/{job.id}/artifacts", job, "artifact upload", json=body)
+        return self._put_and_commit(job, begun, path, size, "artifact")
+
+    def _put_and_commit(self, job, begun: dict[str, Any], path: Path, size: int, what: str) -> dict[str, Any]:
         target = begun["upload"]
         headers = {**(target.get("headers") or {}), "Content-Length": str(size)}
         with path.open("rb") as handle:  # streamed from the file by requests, never read whole
@@ -220,20 +298,23 @@ class HttpArtifacts:
                     headers=headers,
                     timeout=(10, 600),
                 )
-        self._check(response, "artifact content")
-        return self._call("POST", begun["commit"], job, "artifact commit")
+        self._check(response, f"{what} content")
+        return self._call("POST", begun["commit"], job, f"{what} commit")
 
     def dependencies(self, job):
         data = self._call("GET", f"jobs/{job.id}/artifacts/dependencies", job, "artifact list")
         return data.get("artifacts", []), data.get("missing", [])
 
     def download(self, job, entry, destination):
+        self._get(job, entry, destination, f"download of {entry.get('name') or entry.get('key')}")
+
+    def _get(self, job, entry, destination, what: str) -> None:
         if entry.get("url"):
             response = self.plain.get(entry["url"], stream=True, timeout=(10, 600))
         else:
             response = self.client.request("GET", entry["path"], token=job.job_token, stream=True, timeout=(10, 600))
         with response:
-            self._check(response, f"download of {entry['name']}")
+            self._check(response, what)
             for chunk in response.iter_content(archives.CHUNK_BYTES):
                 destination.write(chunk)
 
@@ -244,6 +325,21 @@ class HttpArtifacts:
     def reuse(self, job, *, cache_key):
         data = self._call("POST", f"jobs/{job.id}/artifacts/reuse", job, "reuse lookup", json={"cache_key": cache_key})
         return data if data.get("reused") else None
+
+    def images(self, job):
+        return self._call("GET", f"jobs/{job.id}/artifacts/images", job, "image list").get("images", [])
+
+    def cache_lookup(self, job, *, keys):
+        data = self._call("POST", f"jobs/{job.id}/caches/lookup", job, "cache lookup", json={"keys": keys})
+        return data if data.get("found") else None
+
+    def cache_download(self, job, entry, destination):
+        self._get(job, entry, destination, f"download of cache {entry['key']}")
+
+    def cache_upload(self, job, *, key, path, size, sha256):
+        body = {"key": key, "size": size, "sha256": sha256}
+        begun = self._call("POST", f"jobs/{job.id}/caches", job, "cache upload", json=body)
+        return self._put_and_commit(job, begun, path, size, "cache")
 
 
 def _detail(response) -> str:
@@ -259,6 +355,45 @@ def _detail(response) -> str:
 def expand(text: str, variables: dict[str, str]) -> str:
     """$NAME and ${NAME} replaced by the job's variables (unknown ones by nothing)."""
     return _VARIABLE.sub(lambda m: variables.get(m.group(1) or m.group(2), ""), text)
+
+
+CACHE_POLICIES = ("pull", "push", "pull-push")
+_IMAGE_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9]+")
+
+
+def cache_key_problem(key: str) -> str:
+    """Why a cache key cannot be used ("" if it can), by the server's rules
+    (artifacts.services.cache_key_check): as GitLab, no `/` and not `.` or `..`."""
+    if not key.strip() or len(key) > 255 or "\x00" in key:
+        return "1 to 255 characters"
+    decoded = key.replace("%2F", "/").replace("%2f", "/").replace("%2E", ".").replace("%2e", ".")
+    if "/" in decoded or decoded in {".", ".."}:
+        return "no '/', not '.' or '..'"
+    return ""
+
+
+def image_variables(images: list[dict[str, Any]]) -> dict[str, str]:
+    """The variables a job gets for the images its dependencies recorded (README: Images of
+    dependencies): per image CONVEYOR_IMAGE_<NAME> = reference@digest (pinned to the digest
+    built upstream), with _REFERENCE and _DIGEST alone; CONVEYOR_IMAGES lists every pinned
+    reference, and CONVEYOR_IMAGE is the pinned reference when there is exactly one image.
+    <NAME> is the artifact's name in upper snake case (`--name app` -> CONVEYOR_IMAGE_APP)."""
+    values: dict[str, str] = {}
+    pinned_all: list[str] = []
+    for image in images:
+        reference, digest = str(image["reference"]), str(image["digest"])
+        pinned = reference if "@" in reference else f"{reference}@{digest}"
+        name = _IMAGE_NAME_UNSAFE.sub("_", str(image.get("name") or reference)).strip("_").upper() or "IMAGE"
+        values[f"CONVEYOR_IMAGE_{name}"] = pinned
+        values[f"CONVEYOR_IMAGE_{name}_REFERENCE"] = reference
+        values[f"CONVEYOR_IMAGE_{name}_DIGEST"] = digest
+        if pinned not in pinned_all:
+            pinned_all.append(pinned)
+    if pinned_all:
+        values["CONVEYOR_IMAGES"] = " ".join(pinned_all)
+    if len(pinned_all) == 1:
+        values["CONVEYOR_IMAGE"] = pinned_all[0]
+    return values
 
 
 def _wanted(when: str, status: str) -> bool:
@@ -304,6 +439,8 @@ class JobArtifacts:
         self.directory.mkdir(exist_ok=True)
         self.records = self.directory / "records.jsonl"
         self.cache_key = ""
+        self.caches: list[dict[str, Any]] = list((job.spec or {}).get("cache") or [])
+        self.env: dict[str, str] | None = None
 
     # The environment of the steps.
 
@@ -311,6 +448,7 @@ class JobArtifacts:
         """Give the steps `conveyor-artifact` (on PATH) and where it records."""
         if self.transport is None:
             return
+        self.env = env
         bin_dir = self.directory / "bin"
         bin_dir.mkdir(exist_ok=True)
         cli = bin_dir / CLI_NAME
@@ -354,8 +492,8 @@ class JobArtifacts:
         """Reuse or fetch dependencies. Returns (the first step's log offset now, a result
         that ends the job without running its steps, or None)."""
         if self.transport is None:
-            if self.section:
-                logger.warning("job %s: this runner's backend transfers no artifacts", self.job.id)
+            if self.section or self.caches:
+                logger.warning("job %s: this runner's backend transfers no artifacts or caches", self.job.id)
             return offset, None
         log = self._log(step, offset)
         try:
@@ -391,7 +529,130 @@ class JobArtifacts:
             raise ArtifactTransferError(f"the artifacts this job depends on have expired or were deleted: {names}")
         for entry in available:
             self._fetch(entry, log)
+        images = _retry(lambda: self.transport.images(self.job), "image list")
+        if images and self.env is not None:
+            variables = image_variables(images)
+            self.env.update(variables)
+            for name, value in variables.items():
+                if name.endswith(("_REFERENCE", "_DIGEST")) or name == "CONVEYOR_IMAGES":
+                    continue
+                log(f"Image of the jobs this job depends on: {name}={value}")
+        self._pull_caches(log)
         return None
+
+    # Caches (`cache:`).
+
+    def _cache_keys(self, entry: dict[str, Any], log: _Log) -> list[str]:
+        """The cache's key with variables expanded (`key: {files, prefix}`: a hash of the
+        files' contents), then its fallback keys; keys that are not usable are left out."""
+        variables = self.job.variables
+        raw = entry.get("key", "default")
+        if isinstance(raw, dict):
+            digest = archives.hash_paths(self.project, raw.get("files") or [])[:40]
+            prefix = expand(str(raw.get("prefix") or ""), variables)
+            key = f"{prefix}-{digest}" if prefix else digest
+        else:
+            key = expand(str(raw), variables) or "default"
+        keys = []
+        for candidate in [key, *(expand(str(k), variables) for k in entry.get("fallback_keys") or [])]:
+            problem = cache_key_problem(candidate)
+            if problem:
+                log(f"WARNING: cache: key {candidate!r} is not usable ({problem}): skipped")
+            elif candidate not in keys:
+                keys.append(candidate)
+        return keys
+
+    def _cache_policy(self, entry: dict[str, Any], log: _Log) -> str:
+        policy = expand(str(entry.get("policy") or "pull-push"), self.job.variables)
+        if policy not in CACHE_POLICIES:
+            log(f"WARNING: cache: policy {policy!r} is not pull, push or pull-push: this cache is skipped")
+            return ""
+        return policy
+
+    def _pull_caches(self, log: _Log) -> None:
+        """Restore each cache whose policy pulls: its key, else the first fallback key found.
+        A missing cache, or one that cannot be fetched, is never an error."""
+        from django.conf import settings
+
+        for entry in self.caches:
+            if self._cache_policy(entry, log) not in {"pull", "pull-push"}:
+                continue
+            keys = self._cache_keys(entry, log)
+            if not keys:
+                continue
+            try:
+                found = _retry(lambda k=keys: self.transport.cache_lookup(self.job, keys=k), "cache lookup")
+                if found is None:
+                    log(f"cache: no cache for key {', '.join(keys)}: the job starts without it")
+                    continue
+                if found["key"] != keys[0]:
+                    log(f"cache: no cache for key {keys[0]}; using the one of fallback key {found['key']}")
+                path = self.directory / f"cache-{found['id']}.tar.gz"
+                try:
+                    _retry(lambda f=found, p=path: self._download_cache(f, p), f"download of cache {found['key']}")
+                    digest = hashlib.sha256()
+                    with path.open("rb") as handle:
+                        while chunk := handle.read(archives.CHUNK_BYTES):
+                            digest.update(chunk)
+                    if digest.hexdigest() != found["sha256"]:
+                        raise ArtifactTransferError(f"cache {found['key']}: sha256 mismatch")
+                    limit = getattr(settings, "CONVEYOR_ARTIFACTS_MAX_UNPACKED_BYTES", 20 * 1024**3)
+                    with path.open("rb") as handle:
+                        unpacked = archives.unpack(handle, self.project, max_bytes=limit, log=log)
+                finally:
+                    path.unlink(missing_ok=True)
+                log(f"cache: restored {found['key']}: {unpacked.files} files ({_size(unpacked.bytes)})")
+            except JobNotHeld:
+                raise
+            except Exception as exc:
+                log(f"WARNING: cache: {', '.join(keys)} could not be restored ({exc}): the job starts without it")
+
+    def _download_cache(self, entry: dict[str, Any], path: Path) -> None:
+        with path.open("wb") as handle:
+            self.transport.cache_download(self.job, entry, handle)
+
+    def _push_caches(self, result: JobResult, step: ClaimedStep) -> None:
+        """Save each cache whose policy pushes, if its `when:` says so. A failed save is a
+        warning: the job's outcome stays what its steps made it."""
+        wanted = [entry for entry in self.caches if _wanted(str(entry.get("when") or "on_success"), result.status)]
+        if not wanted:
+            return
+        log = self._log(step, None)
+        try:
+            for entry in wanted:
+                if self._cache_policy(entry, log) not in {"push", "pull-push"}:
+                    continue
+                keys = self._cache_keys(entry, log)
+                if keys:
+                    self._push_cache(keys[0], entry, log)
+        finally:
+            log.close()
+
+    def _push_cache(self, key: str, entry: dict[str, Any], log: _Log) -> None:
+        if entry.get("untracked"):
+            log("WARNING: cache: untracked is not supported; list the paths to cache under paths:")
+        paths = entry.get("paths") or []
+        members = archives.collect(self.project, paths, log=log) if paths else []
+        if not members:
+            log(f"cache: no files to cache for key {key}: not saved")
+            return
+        path = self.directory / "upload-cache.tar.gz"
+        try:
+            written = archives.write_archive(self.project, members, path, level=3, log=log)
+            _retry(
+                lambda: self.transport.cache_upload(
+                    self.job, key=key, path=path, size=written.size, sha256=written.sha256
+                ),
+                f"upload of cache {key}",
+            )
+        except JobNotHeld:
+            raise
+        except Exception as exc:
+            log(f"WARNING: cache: saving {key} failed ({exc})")
+            return
+        finally:
+            path.unlink(missing_ok=True)
+        log(f"cache: saved {key}: {written.files} files ({_size(written.bytes_in)}), archive {_size(written.size)}")
 
     def _fetch(self, entry: dict[str, Any], log: _Log) -> None:
         from django.conf import settings
@@ -426,6 +687,8 @@ class JobArtifacts:
         upload that fails fails a job that had succeeded (as in GitLab)."""
         if self.transport is None or step is None or result.status not in {StepStatus.SUCCESS, StepStatus.FAILURE}:
             return result
+        if self.caches:
+            self._push_caches(result, step)
         when = str(self.section.get("when") or "on_success")
         reports = (self.section.get("reports") or {}).get("junit") or []
         records = self.records.exists() and self.records.stat().st_size > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from typing import Any
@@ -92,9 +93,16 @@ def _detail(response: requests.Response) -> str:
         return response.text[:200]
 
 
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    # A newer server may send fields this runner does not know yet: they are left out, so
+    # runners and server need not be upgraded in one step.
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {key: value for key, value in data.items() if key in names}
+
+
 def _job_from_json(data: dict[str, Any]) -> ClaimedJob:
-    steps = [ClaimedStep(**step) for step in data.pop("steps")]
-    return ClaimedJob(steps=steps, **data)
+    steps = [ClaimedStep(**_known(ClaimedStep, step)) for step in data.pop("steps")]
+    return ClaimedJob(steps=steps, **_known(ClaimedJob, data))
 
 
 class HttpBackend:

@@ -19,9 +19,12 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from audit.models import AuditAction
+from audit.services import audit_record
+from cicd.crypto import DecryptionError
 from cicd.tokens import token_generate, token_hash
 from logs.services import step_status_publish
-from pipelines.models import Pipeline, Repository
+from pipelines.models import Pipeline, Repository, Variable
 from runners.models import Executor, RegistrationToken, Runner
 from runs.models import Job, JobStatus, PipelineRun, Step, StepStatus
 
@@ -88,6 +91,17 @@ def runner_register(
         last_seen_at=timezone.now(),
     )
     RegistrationToken.objects.filter(pk=reg.pk).update(uses=reg.uses + 1)
+    audit_record(
+        action=AuditAction.RUNNER_REGISTER,
+        runner=runner,
+        target=runner,
+        details={
+            "registration_token": str(reg),
+            "registration_token_id": reg.pk,
+            "tags": runner.tags,
+            "executor": runner.executor,
+        },
+    )
     return runner, token
 
 
@@ -100,8 +114,16 @@ def runner_authenticate(*, token: str) -> Runner:
     return runner
 
 
-def runner_revoke(*, runner: Runner) -> None:
-    Runner.objects.filter(pk=runner.pk).update(revoked_at=timezone.now(), token_hash=None)
+@transaction.atomic
+def runner_revoke(*, runner: Runner, user=None) -> bool:
+    """Revoke a runner: its token stops working at once (the hash is dropped). Audited; False,
+    changing nothing, if it was already revoked."""
+    revoked = Runner.objects.filter(pk=runner.pk, revoked_at__isnull=True).update(
+        revoked_at=timezone.now(), token_hash=None
+    )
+    if revoked:
+        audit_record(action=AuditAction.RUNNER_REVOKE, user=user, target=runner, details={"name": runner.name})
+    return bool(revoked)
 
 
 def runners_set_paused(*, runners, paused: bool) -> int:
@@ -147,6 +169,9 @@ class ClaimedJob:
     steps: list[ClaimedStep]
     variables: dict[str, str]
     spec: dict[str, Any] = field(default_factory=dict)
+    # Names of the variables whose values the runner masks in the job's log (the server masks
+    # them again at ingest): the masked CI/CD variables, and CI_JOB_TOKEN.
+    masked_variables: list[str] = field(default_factory=list)
 
 
 def _lease() -> timedelta:
@@ -179,7 +204,9 @@ SELECT claimed.id, claimed.name, claimed.stage, claimed.attempt, claimed.timeout
        run.variables, repository.name, repository.clone_url, repository.default_branch,
        (SELECT coalesce(json_agg(json_build_array(step.id, step.index, step.kind, step.name, step.command)
                                  ORDER BY step.index), '[]')
-        FROM {Step._meta.db_table} AS step WHERE step.job_id = claimed.id)
+        FROM {Step._meta.db_table} AS step WHERE step.job_id = claimed.id),
+       -- Most repositories have no CI/CD variables: then the claim costs no second query.
+       EXISTS (SELECT 1 FROM {Variable._meta.db_table} AS variable WHERE variable.repository_id = repository.id)
 FROM claimed
 JOIN {PipelineRun._meta.db_table} AS run ON run.id = claimed.run_id
 JOIN {Pipeline._meta.db_table} AS pipeline ON pipeline.id = run.pipeline_id
@@ -213,7 +240,7 @@ def job_claim(*, runner: Runner) -> ClaimedJob | None:
     if row is None:
         return None
     (job_id, name, stage, attempt, timeout_s, spec, run_id, number, sha, message, branch, is_tag, trigger) = row[:13]
-    run_variables, repository_name, clone_url, default_branch, steps = row[13:]
+    run_variables, repository_name, clone_url, default_branch, steps, has_variables = row[13:]
     repository = Repository(name=repository_name, clone_url=clone_url, default_branch=default_branch)
     run = PipelineRun(
         id=run_id,
@@ -228,15 +255,55 @@ def job_claim(*, runner: Runner) -> ClaimedJob | None:
     )
     job = Job(id=job_id, run=run, name=name, stage=stage, attempt=attempt, timeout_s=timeout_s, spec=_json(spec))
     runner_touch(runner=runner)
-    return _claimed_job(
-        job=job, steps=_json(steps), lease_expires_at=params["lease"], job_token=job_token, runner=runner
+    try:
+        return _claimed_job(
+            job=job,
+            steps=_json(steps),
+            lease_expires_at=params["lease"],
+            job_token=job_token,
+            runner=runner,
+            has_variables=has_variables,
+        )
+    except DecryptionError:
+        # Not a job the runner can run, nor one to hand to the next runner (it would fail the
+        # same way): it fails, saying why, and the runner goes on with the next job.
+        from runs.services import job_finish
+
+        logger.error("job %s: its repository's CI/CD variables cannot be decrypted", job_id)
+        job_finish(job_id=job_id, status=JobStatus.FAILURE, reason=_UNDECRYPTABLE, runner=runner)
+        return None
+
+
+def _project_variables(job: Job):
+    """The repository's CI/CD variables this job gets (pipelines.variables), decrypted. One
+    query, made only when _CLAIM_SQL says the repository has any."""
+    from pipelines.variables import variables_for_job
+
+    run = job.run
+    repository = run.pipeline.repository
+    environment = (job.spec or {}).get("environment") or {}
+    return variables_for_job(
+        repository_name=repository.name,
+        default_branch=repository.default_branch,
+        ref=run.branch,
+        environment=str(environment.get("name") or ""),
     )
 
 
-def _claimed_job(*, job: Job, steps: list, lease_expires_at, job_token: str, runner: Runner) -> ClaimedJob:
+_UNDECRYPTABLE = (
+    "the CI/CD variables of this repository cannot be decrypted: this process's CONVEYOR_ENCRYPTION_KEY "
+    "(or SECRET_KEY, if no key is set) is not the one they were encrypted with"
+)
+
+
+def _claimed_job(
+    *, job: Job, steps: list, lease_expires_at, job_token: str, runner: Runner, has_variables: bool = True
+) -> ClaimedJob:
+    from pipelines.variables import JobVariables
     from runners.variables import job_variables
 
     run = job.run
+    project = _project_variables(job) if has_variables else JobVariables()
     return ClaimedJob(
         id=str(job.id),
         run_id=str(run.id),
@@ -253,8 +320,9 @@ def _claimed_job(*, job: Job, steps: list, lease_expires_at, job_token: str, run
             ClaimedStep(id=str(step_id), index=index, kind=kind, name=step_name, command=command)
             for step_id, index, kind, step_name, command in steps
         ],
-        variables=job_variables(job=job, runner=runner, job_token=job_token),
+        variables=job_variables(job=job, runner=runner, job_token=job_token, project=project.values),
         spec={k: v for k, v in job.spec.items() if k in {"image", "services", "artifacts", "cache", "deploy"}},
+        masked_variables=[*project.masked, "CI_JOB_TOKEN"],
     )
 
 

@@ -1,4 +1,5 @@
-"""The environment a job sees: CI_* variables plus the run's and the job's own variables.
+"""The environment a job sees: CI_* variables, the config's, the repository's CI/CD variables
+and the run's own variables, in GitLab's precedence (pipelines.variables says which wins).
 
 Built on the server at claim time, so a runner passes it through as is. It never contains
 the server's or the runner's credentials: only the job's own, short-lived CI_JOB_TOKEN.
@@ -13,7 +14,8 @@ from runners.models import Runner
 from runs.models import Job
 
 
-def job_variables(*, job: Job, runner: Runner, job_token: str) -> dict[str, str]:
+def job_variables(*, job: Job, runner: Runner, job_token: str, project: dict[str, str] | None = None) -> dict[str, str]:
+    """`project`: the repository's CI/CD variables this job gets (pipelines.variables)."""
     run = job.run
     repository = run.pipeline.repository
     values = {
@@ -50,9 +52,11 @@ def job_variables(*, job: Job, runner: Runner, job_token: str) -> dict[str, str]
         values["CI_ENVIRONMENT_NAME"] = str(environment["name"])
         if environment.get("url"):
             values["CI_ENVIRONMENT_URL"] = str(environment["url"])
-    # Trigger-time variables, then the job's (already merged over the config's global ones).
-    values.update({str(k): str(v) for k, v in (run.variables or {}).items()})
+    # The job's config variables (already merged over the config's global ones), then the
+    # repository's CI/CD variables, then those given when the run was triggered (as in GitLab).
     values.update({str(k): str(v) for k, v in ((job.spec or {}).get("variables") or {}).items()})
+    values.update(project or {})
+    values.update({str(k): str(v) for k, v in (run.variables or {}).items()})
     # The job's own credential is not the config's to override.
     values["CI_JOB_TOKEN"] = job_token
     return values

@@ -97,6 +97,8 @@ class _Running:
     # Set when the server took the job away: then nothing more is reported for it.
     lost: bool = False
     released: bool = False
+    # Set once the final report is in: a heartbeat racing it would only hear "not held".
+    finished: bool = False
 
 
 class RunnerLoop:
@@ -200,6 +202,7 @@ class RunnerLoop:
             if running.lost or running.released:
                 return
             self._report_with_retry(lambda: self.backend.complete(job, result), f"finish job {job.id}")
+            running.finished = True
             logger.info("job %s finished: %s %s", job.name, result.status, result.reason)
         finally:
             self.backend.close_thread()
@@ -217,7 +220,7 @@ class RunnerLoop:
         try:
             while True:
                 for running in self._active():
-                    if running.lost or running.released:
+                    if running.lost or running.released or running.finished:
                         continue
                     try:
                         keep = self.backend.heartbeat(running.job)
@@ -228,7 +231,7 @@ class RunnerLoop:
                         # Never let this thread die: without it every running job loses its lease.
                         logger.warning("heartbeat for %s refused: %s", running.job.id, exc)
                         continue
-                    if not keep:
+                    if not keep and not running.finished:
                         logger.info("job %s was cancelled or taken away: stopping it", running.job.id)
                         running.lost = True
                         running.stop.set()

@@ -28,7 +28,7 @@ def _require_run_permission(user: Any, repository: Any) -> None:
 
 def run_cancel_as(*, run: PipelineRun, user: Any) -> PipelineRun:
     _require_run_permission(user, run.pipeline.repository)
-    services.run_cancel(run=run, by=user.get_username())
+    services.run_cancel(run=run, by=user.get_username(), user=user)
     run.refresh_from_db()
     return run
 

@@ -290,28 +290,29 @@ def skipped_descendants(nodes: dict[Hashable, Node], roots: Iterable[Hashable]) 
 
 
 def find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
-    """A `needs` cycle as a list of names (first == last), or None."""
+    """A `needs` cycle as a list of names (first == last), or None.
+
+    Iterative depth-first search: a `needs` chain thousands of jobs deep must not hit
+    Python's recursion limit."""
     white, grey, black = 0, 1, 2
     color = dict.fromkeys(edges, white)
-    stack: list[str] = []
-
-    def visit(name: str) -> list[str] | None:
-        color[name] = grey
-        stack.append(name)
-        for nxt in edges.get(name, ()):
-            if color.get(nxt, white) == grey:
-                return [*stack[stack.index(nxt) :], nxt]
-            if color.get(nxt, white) == white:
-                found = visit(nxt)
-                if found:
-                    return found
-        stack.pop()
-        color[name] = black
-        return None
-
-    for name in edges:
-        if color[name] == white:
-            cycle = visit(name)
-            if cycle:
-                return cycle
+    for root in edges:
+        if color[root] != white:
+            continue
+        color[root] = grey
+        path = [root]
+        pending = [iter(edges.get(root, ()))]
+        while pending:
+            nxt = next(pending[-1], None)
+            if nxt is None:
+                pending.pop()
+                color[path.pop()] = black
+                continue
+            state = color.get(nxt, white)
+            if state == grey:
+                return [*path[path.index(nxt) :], nxt]
+            if state == white:
+                color[nxt] = grey
+                path.append(nxt)
+                pending.append(iter(edges.get(nxt, ())))
     return None

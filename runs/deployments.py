@@ -42,6 +42,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from audit.models import AuditAction
+from audit.services import audit_record
 from pipelines.config.spec import JobSpec, PipelineSpec
 from pipelines.cron import CronError, CronExpression, parse_timezone
 from pipelines.models import Pipeline, Trigger
@@ -549,8 +551,15 @@ def _locked_waiting(deployment: Deployment) -> Deployment:
     return fresh
 
 
+_AUDIT_ACTIONS = {
+    ApprovalDecision.APPROVE: AuditAction.DEPLOYMENT_APPROVE,
+    ApprovalDecision.REJECT: AuditAction.DEPLOYMENT_REJECT,
+    ApprovalDecision.OVERRIDE_FREEZE: AuditAction.DEPLOYMENT_OVERRIDE_FREEZE,
+}
+
+
 def _record(deployment: Deployment, *, user: AbstractBaseUser, decision: str, comment: str) -> Approval:
-    return Approval.objects.create(
+    approval = Approval.objects.create(
         deployment=deployment,
         job_id=deployment.job_id,
         user=user,
@@ -558,6 +567,14 @@ def _record(deployment: Deployment, *, user: AbstractBaseUser, decision: str, co
         decision=decision,
         comment=comment,
     )
+    audit_record(
+        action=_AUDIT_ACTIONS[decision],
+        user=user,
+        repository_id=deployment.environment.repository_id,
+        target=deployment,
+        details={"environment": deployment.environment.name, "job": str(deployment.job_id), "comment": comment},
+    )
+    return approval
 
 
 @transaction.atomic
@@ -673,6 +690,13 @@ def deployment_redeploy(*, deployment: Deployment, user: AbstractBaseUser) -> Pi
         config_source=old.config_source,
     )
     Deployment.objects.filter(run=run).update(redeploy_of=source)
+    audit_record(
+        action=AuditAction.DEPLOYMENT_REDEPLOY,
+        user=user,
+        repository_id=source.environment.repository_id,
+        target=source,
+        details={"environment": source.environment.name, "image": source.image, "run": str(run.pk)},
+    )
     return run
 
 

@@ -9,6 +9,7 @@ from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
 
+from cicd.crypto import EncryptedTextField
 from pipelines.models import Pipeline, Repository, Trigger
 
 
@@ -309,7 +310,8 @@ class Environment(models.Model):
         help_text="Approvals older than this no longer count. Empty: approvals never expire.",
     )
     # Where deploy notifications go (runs.notifications); empty: the pipeline's settings.
-    slack_webhook_url = models.CharField(max_length=1000, blank=True, help_text="A Slack incoming webhook URL.")
+    # Encrypted at rest (cicd.crypto): the URL is the credential.
+    slack_webhook_url = EncryptedTextField(max_length=1000, blank=True, help_text="A Slack incoming webhook URL.")
     notify_emails = models.TextField(blank=True, help_text="E-mail addresses, separated by commas or new lines.")
     notify_on = models.CharField(max_length=16, choices=NotifyOn.choices, default=NotifyOn.ALL)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -507,7 +509,8 @@ class PipelineNotifications(models.Model):
     environments that name no targets of their own."""
 
     pipeline = models.OneToOneField(Pipeline, on_delete=models.CASCADE, related_name="notification_settings")
-    slack_webhook_url = models.CharField(max_length=1000, blank=True, help_text="A Slack incoming webhook URL.")
+    # Encrypted at rest (cicd.crypto): the URL is the credential.
+    slack_webhook_url = EncryptedTextField(max_length=1000, blank=True, help_text="A Slack incoming webhook URL.")
     emails = models.TextField(blank=True, help_text="E-mail addresses, separated by commas or new lines.")
     failed_default_branch = models.BooleanField(
         "failed runs of the default branch", default=True, help_text="Notify when a run of the default branch fails."

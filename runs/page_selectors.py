@@ -12,7 +12,7 @@ from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 
 from pipelines.models import Trigger
-from pipelines.permissions import visible_jobs, visible_runs
+from pipelines.permissions import visible_jobs, visible_repositories, visible_runs
 from runs.models import Job, JobStatus, PipelineRun, RunStatus
 from runs.selectors import run_graph
 
@@ -99,6 +99,50 @@ def run_statuses(*, user: Any, run_ids: list[Any]) -> list[dict[str, Any]]:
     ]
 
 
+def run_list_row(*, run_id: Any) -> dict[str, Any] | None:
+    """What the runs list shows live of one run, with what its viewers filter on (the
+    repository, to keep to what they may see; pipeline, branch, trigger for the page's
+    filters). One query; None if the run is gone."""
+    row = (
+        PipelineRun.objects.filter(pk=run_id)
+        .values(
+            "id",
+            "number",
+            "status",
+            "branch",
+            "trigger",
+            "pipeline_id",
+            "pipeline__repository_id",
+            "pipeline__repository__name",
+            "started_at",
+            "finished_at",
+            "duration_s",
+        )
+        .first()
+    )
+    if row is None:
+        return None
+    return {
+        "id": str(row["id"]),
+        "number": row["number"],
+        "status": row["status"],
+        "branch": row["branch"],
+        "trigger": row["trigger"],
+        "pipeline": row["pipeline_id"],
+        "repository_id": row["pipeline__repository_id"],
+        "repository": row["pipeline__repository__name"],
+        "duration_s": row["duration_s"]
+        if row["duration_s"] is not None
+        else duration_s(row["started_at"], row["finished_at"], now=timezone.now()),
+        "finished": row["status"] in RunStatus.TERMINAL,
+    }
+
+
+def repository_visible(*, user: Any, repository_id: Any) -> bool:
+    """May the user see the repository with this id (one query)?"""
+    return visible_repositories(user).filter(pk=repository_id).exists()
+
+
 def run_live_status(*, run: PipelineRun) -> dict[str, Any]:
     """The run's status and its current jobs' statuses and durations (the run page polls it)."""
     now = timezone.now()
@@ -123,6 +167,15 @@ def run_live_status(*, run: PipelineRun) -> dict[str, Any]:
             for job in jobs.values("id", "name", "status", "started_at", "finished_at")
         ],
     }
+
+
+def run_live_status_of(*, run_id: Any) -> dict[str, Any] | None:
+    """run_live_status for a run id (the run page's WebSocket); None if the run is gone."""
+    run = PipelineRun(pk=run_id)
+    try:
+        return run_live_status(run=run)
+    except PipelineRun.DoesNotExist:
+        return None
 
 
 # --- The graph, laid out: a column per stage, a box per job, `needs` edges as curves.
@@ -194,6 +247,24 @@ def _edge_path(source: tuple[int, int, int], target: tuple[int, int, int]) -> st
         start, end = x1, x2 + BOX_W
     middle = (start + end) // 2
     return f"M{start},{y1} C{middle},{y1} {middle},{y2} {end},{y2}"
+
+
+# --- Environments.
+
+
+def environment_deployments(*, environment: Any) -> QuerySet[Any]:
+    """The environment's deployments, newest first, with their run, job, the deployment each
+    redeploys or rolled back to, and their decisions (approvals, rejections) in order: two
+    queries for a page of them, whatever its length (deployment_env_recent_idx)."""
+    from runs.models import Approval, Deployment
+
+    decisions = Approval.objects.order_by("created_at")
+    return (
+        Deployment.objects.filter(environment=environment)
+        .select_related("run", "job", "redeploy_of__run", "previous__run")
+        .prefetch_related(Prefetch("approvals", queryset=decisions, to_attr="decisions"))
+        .order_by("-created_at")
+    )
 
 
 # --- Runners.

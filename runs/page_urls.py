@@ -29,10 +29,18 @@ urlpatterns = [
     path("repositories/", views_pages.repositories_list, name="repositories"),
     path("repositories/<slug:name>/", views_pages.repository_detail, name="repository"),
     path("repositories/<slug:name>/pipelines/<int:pipeline_id>/run/", views_pages.pipeline_run, name="pipeline-run"),
+    # Members (POST forms on the repository page; maintainers).
+    path("repositories/<slug:name>/members/", views_pages.member_add, name="member-add"),
+    path("repositories/<slug:name>/members/<int:membership_id>/role/", views_pages.member_role, name="member-role"),
+    path(
+        "repositories/<slug:name>/members/<int:membership_id>/remove/", views_pages.member_remove, name="member-remove"
+    ),
     path("schedules/", views_pages.schedules_list, name="schedules"),
     path("deliveries/", views_pages.deliveries_list, name="deliveries"),
     path("deliveries/<int:delivery_id>/", views_pages.delivery_detail, name="delivery"),
+    path("deliveries/<int:delivery_id>/redeliver/", views_pages.delivery_redeliver, name="delivery-redeliver"),
     path("environments/", views_pages.environments_list, name="environments"),
+    path("environments/<int:environment_id>/", views_pages.environment_detail, name="environment"),
     # Personal API tokens.
     path("tokens/", views_pages.tokens, name="tokens"),
     path("tokens/<int:token_id>/revoke/", views_pages.token_revoke, name="token-revoke"),

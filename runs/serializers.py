@@ -127,13 +127,13 @@ class StepSerializer(serializers.ModelSerializer):
             "duration_s",
         ]
 
-    @extend_schema_field(OpenApiTypes.FLOAT)
+    @extend_schema_field(serializers.FloatField(allow_null=True))  # null until it started
     def get_duration_s(self, step: Step) -> float | None:
         return duration_s(step.started_at, step.finished_at, now=timezone.now())
 
 
 class JobSerializer(serializers.ModelSerializer):
-    runner_name = serializers.CharField(source="runner.name", read_only=True, default=None)
+    runner_name = serializers.CharField(source="runner.name", read_only=True, default=None, allow_null=True)
     duration_s = serializers.SerializerMethodField()
 
     class Meta:
@@ -161,7 +161,7 @@ class JobSerializer(serializers.ModelSerializer):
             "duration_s",
         ]
 
-    @extend_schema_field(OpenApiTypes.FLOAT)
+    @extend_schema_field(serializers.FloatField(allow_null=True))  # null until it started
     def get_duration_s(self, job: Job) -> float | None:
         return duration_s(job.started_at, job.finished_at, now=timezone.now())
 

@@ -33,6 +33,8 @@ from django.db.models import Case, CharField, DateTimeField, F, Max, Value
 from django.db.models import When as DbWhen
 from django.utils import timezone
 
+from audit.models import AuditAction
+from audit.services import audit_record
 from pipelines.config.spec import JobSpec, PipelineSpec
 from pipelines.models import Pipeline
 from runs import dag
@@ -751,9 +753,10 @@ def job_retry(*, job: Job, user: AbstractBaseUser | None = None) -> Job:
 
 
 @transaction.atomic
-def run_cancel(*, run: PipelineRun, by: str = "") -> None:
+def run_cancel(*, run: PipelineRun, by: str = "", user: AbstractBaseUser | None = None) -> None:
     """Cancel every unfinished job (running ones too: their runner finds out at its next
-    heartbeat or report) and the run. A finished run is left as it is."""
+    heartbeat or report) and the run. A finished run is left as it is. Audited: `user` is who
+    cancelled it (none for the system, e.g. an auto-cancel, which `by` describes)."""
     locked = _lock_run(run.pk)
     if locked is None or locked.status in RunStatus.TERMINAL:
         return
@@ -777,6 +780,14 @@ def run_cancel(*, run: PipelineRun, by: str = "") -> None:
         raise StaleState(f"run {run.pk} changed status under its lock")
     for name, value in new.items():
         setattr(run, name, value)
+    audit_record(
+        action=AuditAction.RUN_CANCEL,
+        user=user,
+        actor="" if user is not None else by,
+        repository_id=Pipeline.objects.values_list("repository_id", flat=True).get(pk=locked.pipeline_id),
+        target=run,
+        details={"run": f"#{locked.number}", "reason": reason[:500], "jobs_cancelled": len(ids)},
+    )
     _on_commit_run_changed(run.pk)
 
 

@@ -9,6 +9,7 @@ writes from runs.actions (which check the role: a viewer pressing Retry gets a 4
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -59,11 +60,19 @@ def runs_list(request: HttpRequest) -> HttpResponse:
         return HttpResponseBadRequest(escape(str(exc)))
     paginator = Paginator(runs_for_list(user=request.user, filters=filters), RUNS_PER_PAGE)
     page = paginator.get_page(request.GET.get("page"))
+    runs = list(page.object_list)
+    now = timezone.now()
+    for run in runs:
+        # What a running run has taken so far (the page counts on from it, live).
+        run.elapsed_s = (
+            run.duration_s if run.duration_s is not None else duration_s(run.started_at, run.finished_at, now=now)
+        )
     context = {
         "page": page,
-        "runs": page.object_list,
+        "runs": runs,
         "filters": filters,
         "query": filters.as_query(),
+        "query_json": json.dumps(filters.as_query()),
         "repositories": list(visible_repositories(request.user).order_by("name").values_list("name", flat=True)),
         "statuses": RunStatus.choices,
         "triggers": Trigger.choices,

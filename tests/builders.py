@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from artifacts.models import Artifact, ArtifactType, TestReport
+from artifacts.models import Artifact, ArtifactType, Cache, CacheStatus, StorageDeletion, TestReport
 from logs.models import StepLog
 from logs.services import log_chunk_append
 from pipelines.models import (
@@ -136,9 +136,11 @@ def make_run_tree(*, job_names: dict[str, str] | None = None) -> RunTree:
         size_bytes=2048,
     )
     make_test_report_rows(run, jobs["test"])
+    make_cache_rows(pipeline, jobs["build"])
     make_trigger_rows(pipeline, run)
     make_access_rows(pipeline, run)
     make_deployment_rows(pipeline, run, jobs["deploy"])
+    make_secret_rows(pipeline, run)
     return RunTree(
         run=run,
         jobs=jobs,
@@ -248,6 +250,16 @@ def make_access_rows(pipeline: Pipeline, run: PipelineRun) -> None:
     api_token_create(user=user, description=f"laptop {run.number}")
 
 
+def make_secret_rows(pipeline: Pipeline, run: PipelineRun) -> None:
+    """A masked CI/CD variable of the repository, created through the service (which also
+    writes its audit event)."""
+    from pipelines.variables import variable_create
+
+    variable_create(
+        repository=pipeline.repository, key=f"DEPLOY_TOKEN_{run.pk.hex[:8]}", value=f"s3cr3t-{run.pk.hex}", masked=True
+    )
+
+
 def make_test_report_rows(run: PipelineRun, job: Job) -> TestReport:
     """A parsed JUnit report of `job` (a TEST_REPORT artifact and its summary)."""
     report = Artifact.objects.create(
@@ -264,3 +276,18 @@ def make_test_report_rows(run: PipelineRun, job: Job) -> TestReport:
             {"suite": "shop", "classname": "Cart", "name": "totals", "kind": "failure", "message": "90 != 81"}
         ],
     )
+
+
+def make_cache_rows(pipeline: Pipeline, job: Job) -> None:
+    """A dependency cache of the repository and a storage object waiting to be deleted."""
+    Cache.objects.create(
+        repository=pipeline.repository,
+        key=f"deps-{job.pk}",
+        status=CacheStatus.AVAILABLE,
+        storage_path=f"caches/{pipeline.repository_id}/deps-{job.pk}.tar.gz",
+        size_bytes=4096,
+        sha256="0" * 64,
+        job_id=job.pk,
+        last_used_at=timezone.now(),
+    )
+    StorageDeletion.objects.create(storage_path="caches/replaced.tar.gz", last_error="storage unreachable")

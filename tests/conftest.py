@@ -4,4 +4,4 @@ harness that runs `manage.py runner` and uvicorn subprocesses (tests.test_runner
 
 from pipelines.tests.conftest import forge, mirrors  # noqa: F401
 from tests.access import people  # noqa: F401
-from tests.test_runner_e2e import harness  # noqa: F401
+from tests.test_runner_e2e import harness, trigger  # noqa: F401

@@ -11,7 +11,15 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from pipelines.models import ApiToken, Pipeline, PipelineSchedule, Repository, RepositoryMembership, TriggerToken
+from pipelines.models import (
+    ApiToken,
+    Pipeline,
+    PipelineSchedule,
+    Repository,
+    RepositoryMembership,
+    TriggerToken,
+    Variable,
+)
 from runners.models import RegistrationToken, Runner
 from runs.admin import pipeline_graph_html
 from runs.models import DeployFreeze, Environment, PipelineNotifications
@@ -19,7 +27,7 @@ from tests.builders import RunTree, make_run_tree
 
 pytestmark = pytest.mark.django_db
 
-CONVEYOR_APPS = ["pipelines", "runs", "runners", "logs", "artifacts"]
+CONVEYOR_APPS = ["pipelines", "runs", "runners", "logs", "artifacts", "audit"]
 CONVEYOR_MODELS = [model for label in CONVEYOR_APPS for model in apps.get_app_config(label).get_models()]
 
 
@@ -94,6 +102,7 @@ CONFIGURATION_MODELS = [
     PipelineNotifications,
     RepositoryMembership,
     ApiToken,
+    Variable,
 ]
 
 

@@ -100,7 +100,7 @@ def person(demo):
 
 
 @pytest.fixture
-def server(harness, tmp_path):
+def server(harness, tmp_path, settings):
     static_root = tmp_path / "static"
     env = {**os.environ, "STATIC_ROOT": str(static_root)}
     collected = subprocess.run(
@@ -114,7 +114,10 @@ def server(harness, tmp_path):
     original_env = harness.env
 
     def env_with_static(**extra):
-        return original_env(STATIC_ROOT=str(static_root), **extra)
+        # The server decrypts what this process stored (repository secrets): the same key,
+        # whatever SECRET_KEY the harness gives it.
+        key = {"CONVEYOR_ENCRYPTION_KEY": settings.CONVEYOR_ENCRYPTION_KEY}
+        return original_env(STATIC_ROOT=str(static_root), **{**key, **extra})
 
     harness.env = env_with_static
     return harness.server()
@@ -155,6 +158,16 @@ def test_a_person_runs_the_demo_watches_it_live_approves_the_deploy_and_retries_
     page.click("button[type=submit]")
     page.wait_for_url(f"{server.url}/")
 
+    # Statuses come over the WebSocket: the JSON endpoints the pages poll when it is down are
+    # refused here, so whatever updates below came through the socket.
+    polled: list[str] = []
+
+    def refuse_poll(route) -> None:
+        polled.append(route.request.url)
+        route.abort()
+
+    page.route("**/status.json*", refuse_poll)
+
     # Run the pipeline from the repository page.
     page.click("text=Repositories")
     page.click("a[href='/repositories/demo/']")
@@ -172,9 +185,15 @@ def test_a_person_runs_the_demo_watches_it_live_approves_the_deploy_and_retries_
     assert page.locator("path.graph-edge[data-from=build][data-to=test]").count() == 1
     assert page.locator("path.graph-edge[data-from=deploy-staging][data-to=deploy-production]").count() == 1
 
-    # The graph follows the run without a reload: build goes green, test starts running.
+    # The graph follows the run over the run's socket without a reload: build goes green, test
+    # starts running (and the page is still the one loaded above: the marker survives).
+    page.wait_for_selector("#graph[data-live=websocket]")
+    page.evaluate("window.loadedOnce = true")
     page.wait_for_selector(".graph-job[data-name=build].job-success")
     page.wait_for_selector(".graph-job[data-name=test].job-running")
+    page.wait_for_selector("tr[data-job] [data-role=job-status].status-running")
+    assert page.evaluate("window.loadedOnce === true"), "the run page reloaded instead of updating"
+    assert polled == [], polled
 
     # The test job's page follows its log live over the WebSocket while the job runs.
     page.click(".graph-job[data-name=test]")
@@ -196,9 +215,10 @@ def test_a_person_runs_the_demo_watches_it_live_approves_the_deploy_and_retries_
     assert "Ran 3 tests" in page.inner_text(".job-log")  # the finished log, rendered by the server
 
     # Back on the run page: the run waits for the production deploy's approval.
+    # The page follows the run's status by itself (it reloads when the run's status changes).
     page.goto(f"{server.url}/runs/{run.pk}/")
     wait_until(lambda: PipelineRun.objects.get(pk=run.pk).status == RunStatus.BLOCKED, timeout=120, what="BLOCKED")
-    page.reload()
+    page.wait_for_selector("h1 [data-role=run-status].status-blocked")
     page.click("[data-role=approve]")
     wait_until(
         lambda: PipelineRun.objects.get(pk=run.pk).status == RunStatus.SUCCESS,
@@ -206,8 +226,8 @@ def test_a_person_runs_the_demo_watches_it_live_approves_the_deploy_and_retries_
         what="the run to succeed after the approval",
         diagnose=runner.output,
     )
-    page.reload()
     page.wait_for_selector("h1 [data-role=run-status].status-success")
+    page.wait_for_load_state()
     page.wait_for_selector(".graph-job[data-name=deploy-production].job-success")
     page.screenshot(path=str(artifacts_dir() / "run-page.png"), full_page=True)
 
@@ -216,5 +236,17 @@ def test_a_person_runs_the_demo_watches_it_live_approves_the_deploy_and_retries_
     page.wait_for_url("**/jobs/*/")
     assert "attempt 2" in page.inner_text("main")
     assert Job.objects.get(run=run, name="lint", retried=False).attempt == 2
+
+    # The runs list follows the run over its own socket while the new attempt runs.
+    page.goto(f"{server.url}/runs/")
+    page.wait_for_selector("table.runs[data-live=websocket]")
+    page.wait_for_selector(f'tr[data-run="{run.pk}"] [data-role=run-status].status-success')
+    assert polled == [], polled
+
+    # The production environment's history names the approval: who, and when.
+    page.click("text=Environments")
+    page.click("a:text-is('production')")
+    page.wait_for_url("**/environments/*/")
+    assert "Approve by grace" in page.locator("[data-role=decision]").first.inner_text()
 
     assert problems == [], problems

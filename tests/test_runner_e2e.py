@@ -183,6 +183,9 @@ class Harness:
             DATABASE_URL=database_url(),
             REDIS_URL=settings.REDIS_URL,
             SECRET_KEY=SECRET_KEY,
+            # The key this test process encrypts CI/CD variables with: servers and trusted
+            # runners decrypt them at claim time, so they must share it (README: Secrets).
+            CONVEYOR_ENCRYPTION_KEY=settings.CONVEYOR_ENCRYPTION_KEY,
             CONVEYOR_JOB_LEASE_S=str(LEASE_S),
             CONVEYOR_HEARTBEAT_S="0.3",
             CONVEYOR_RUNNER_POLL_S="1",
@@ -557,6 +560,8 @@ def test_sigterm_lets_a_job_finish_within_the_grace_period_and_hands_back_one_th
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["trusted", "http"])
 def test_a_job_environment_holds_no_database_url_secret_key_redis_url_or_runner_token(harness, trigger, mode):
+    from pipelines.variables import variable_create
+
     run = trigger(
         """
         printenv:
@@ -566,18 +571,22 @@ def test_a_job_environment_holds_no_database_url_secret_key_redis_url_or_runner_
             - env
         """
     )
+    variable_create(repository=run.pipeline.repository, key="DEPLOY_PASSWORD", value="e2e-masked-value", masked=True)
+    cloud = {"AWS_ACCESS_KEY_ID": "AKIAE2ERUNNERKEY", "AWS_SECRET_ACCESS_KEY": "e2e-runner-aws-secret"}
     secrets_in_runner_env = {
         "DATABASE_URL": harness.env()["DATABASE_URL"],
         "SECRET_KEY": SECRET_KEY,
         "REDIS_URL": settings.REDIS_URL,
+        "CONVEYOR_ENCRYPTION_KEY": settings.CONVEYOR_ENCRYPTION_KEY,
+        **cloud,
     }
     if mode == "http":
         server = harness.server()
         token = register_http_runner(server, harness, "http-env")
         secrets_in_runner_env["runner token"] = token
-        runner = harness.runner("http-env", "--url", server.url, CONVEYOR_RUNNER_TOKEN=token)
+        runner = harness.runner("http-env", "--url", server.url, CONVEYOR_RUNNER_TOKEN=token, **cloud)
     else:
-        runner = harness.runner("trusted-env")
+        runner = harness.runner("trusted-env", **cloud)
 
     assert_run_ends(run, RunStatus.SUCCESS, runners=[runner])
     log = step_log(current(run, "printenv"), 0)
@@ -585,8 +594,11 @@ def test_a_job_environment_holds_no_database_url_secret_key_redis_url_or_runner_
     assert f"CI_JOB_ID={current(run, 'printenv').pk}" in log
     for name, value in secrets_in_runner_env.items():
         assert value not in log, f"the job saw the runner's {name}"
-    for name in ["DATABASE_URL", "SECRET_KEY", "REDIS_URL", "CONVEYOR_"]:
+    for name in ["DATABASE_URL", "SECRET_KEY", "REDIS_URL", "CONVEYOR_", "AWS_"]:
         assert f"\n{name}" not in log and not log.startswith(name), f"the job saw {name}"
+    # The job's own secrets it does get, masked in its log.
+    assert "DEPLOY_PASSWORD=[MASKED]" in log and "e2e-masked-value" not in log
+    assert "CI_JOB_TOKEN=[MASKED]" in log
 
 
 @pytest.mark.slow

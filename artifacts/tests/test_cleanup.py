@@ -117,7 +117,9 @@ def test_the_command_counts_in_a_dry_run_and_deletes_otherwise(built, capsys):
     )
     assert Artifact.objects.count() == 2
     call_command("cleanup_artifacts")
-    assert "deleted 2 artifact(s); 0 deletion(s) failed" in capsys.readouterr().out
+    assert "deleted 2 artifact(s), 0 unused cache(s) and 0 object(s) of deleted rows; 0 deletion(s) failed" in (
+        capsys.readouterr().out
+    )
     assert not Artifact.objects.exists()
 
 
@@ -125,7 +127,11 @@ def test_the_nightly_task_is_scheduled_and_runs_the_cleanup(built):
     expire(built())
 
     assert settings.CELERY_BEAT_SCHEDULE["artifacts-cleanup"]["task"] == cleanup_expired.name
-    assert cleanup_expired() == {"claimed": 1, "deleted": 1, "failed": 0}
+    assert cleanup_expired() == {
+        "artifacts": {"claimed": 1, "deleted": 1, "failed": 0},
+        "caches": {"removed": 0},
+        "storage": {"deleted": 0, "kept": 0, "failed": 0},
+    }
 
 
 @pytest.mark.django_db(transaction=True)

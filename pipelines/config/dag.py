@@ -17,6 +17,7 @@ from pipelines.config.spec import JobSpec, Need, PipelineSpec
 from pipelines.config.yaml_loader import Where
 
 MAX_CYCLES_REPORTED = 10
+MAX_CYCLE_SHOWN = 20  # jobs of one cycle named in its message
 
 
 @dataclass
@@ -152,8 +153,18 @@ class _Linker:
         where = {item.spec.name: item.needs_where for item in self.planned}
         for cycle in _cycles(graph):
             self.report.error(
-                f"needs form a cycle: {' -> '.join(cycle)}", job=cycle[0], key="needs", where=where[cycle[0]]
+                f"needs form a cycle: {_cycle_text(cycle)}", job=cycle[0], key="needs", where=where[cycle[0]]
             )
+
+
+def _cycle_text(cycle: list[str]) -> str:
+    """The cycle's path (first == last), its middle left out past MAX_CYCLE_SHOWN jobs: a
+    cycle through thousands of jobs still makes a message a person can read."""
+    if len(cycle) <= MAX_CYCLE_SHOWN + 1:
+        return " -> ".join(cycle)
+    jobs = len(cycle) - 1
+    head, tail = cycle[: MAX_CYCLE_SHOWN // 2], cycle[-(MAX_CYCLE_SHOWN // 2) :]
+    return f"{' -> '.join(head)} -> ... ({jobs} jobs) ... -> {' -> '.join(tail)}"
 
 
 def _cycles(graph: dict[str, list[str]]) -> Iterable[list[str]]:

@@ -206,16 +206,29 @@ def _cache(value: Any, scope: Scope) -> dict[str, Any]:
         fallback = string_list(mapping["fallback_keys"], "cache:fallback_keys")
         if len(fallback) > 5:
             raise Invalid("cache:fallback_keys takes at most 5 keys")
+        for key in fallback:
+            _check_cache_key_text(key, "cache:fallback_keys")
         result["fallback_keys"] = fallback
     return result
 
 
+def _check_cache_key_text(text: str, what: str) -> str:
+    """GitLab's rules for a cache key: no `/` (nor `%2F`), not `.` or `..` (nor `%2E`,
+    `%2E%2E`), at most 255 characters. Checked again on the runner once $VARIABLES are
+    expanded (a key that is then unusable skips that cache, with a warning)."""
+    decoded = text.replace("%2F", "/").replace("%2f", "/").replace("%2E", ".").replace("%2e", ".")
+    if "/" in decoded:
+        raise Invalid(f"{what} must not contain '/' (nor %2F); got {text!r}")
+    if not text.strip() or decoded.strip(".") == "":
+        raise Invalid(f"{what} must not be empty, '.' or '..'; got {text!r}")
+    if len(text) > 255:
+        raise Invalid(f"{what} has at most 255 characters")
+    return text
+
+
 def _cache_key(value: Any, scope: Scope) -> str | dict[str, Any]:
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        text = str(value)
-        if "/" in text or text.strip(".") == "":
-            raise Invalid("cache:key must not contain '/' or be only dots")
-        return text
+        return _check_cache_key_text(str(value), "cache:key")
     mapping = as_mapping(value, "cache:key")
     check_keys(mapping, {"files", "prefix"}, "cache:key", scope)
     if "files" not in mapping:
@@ -225,7 +238,7 @@ def _cache_key(value: Any, scope: Scope) -> str | dict[str, Any]:
         raise Invalid("cache:key:files takes one or two files")
     result: dict[str, Any] = {"files": files}
     if "prefix" in mapping:
-        result["prefix"] = as_str(mapping["prefix"], "cache:key:prefix")
+        result["prefix"] = _check_cache_key_text(as_str(mapping["prefix"], "cache:key:prefix"), "cache:key:prefix")
     return result
 
 

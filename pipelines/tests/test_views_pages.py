@@ -3,12 +3,21 @@ pipelines, the Run pipeline form, schedules, webhook deliveries, environments, A
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.test import Client
 from django.urls import reverse
 
 from pipelines.api_tokens import api_token_authenticate
-from pipelines.models import ApiToken, PipelineSchedule, Repository, WebhookDelivery
+from pipelines.models import (
+    ApiToken,
+    DeliveryStatus,
+    PipelineSchedule,
+    Repository,
+    RepositoryMembership,
+    WebhookDelivery,
+)
 from runs.models import PipelineRun, RunStatus
 from tests.access import MAINTAINS, ROLES, RUNS, SEES, make_people
 from tests.builders import make_pipeline, make_run_tree, make_runs
@@ -205,3 +214,274 @@ def test_text_filters_that_the_database_cannot_compare_are_400s(admin_client) ->
     badge = reverse("runs:badge", kwargs={"repository": "acme", "branch": "main"})
     make_pipeline("acme")
     assert admin_client.get(badge, {"pipeline": "\x00"}).status_code == 400
+
+
+# --- An environment's page: its deployment history.
+
+
+def _production(people):
+    from runs.models import Environment
+
+    return Environment.objects.get(repository=people.repository, name="production")
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_an_environments_page_shows_its_deployments_to_those_who_see_the_repository(people, role) -> None:
+    environment = _production(people)
+    listed = people.client(role).get(reverse("runs:environments")).content.decode()
+    response = people.client(role).get(reverse("runs:environment", args=[environment.pk]))
+    assert (reverse("runs:environment", args=[environment.pk]) in listed) is SEES[role]
+    assert response.status_code == (200 if SEES[role] else 404)
+
+
+def test_an_environments_page_says_who_deployed_what_and_who_approved_when(people) -> None:
+    from runs.models import Deployment, DeploymentStatus
+
+    environment = _production(people)
+    waiting = Deployment.objects.get(environment=environment, status=DeploymentStatus.WAITING)
+    earlier = waiting.previous
+    Deployment.objects.filter(pk=earlier.pk).update(status=DeploymentStatus.ROLLED_BACK)
+    html = people.client("viewer").get(reverse("runs:environment", args=[environment.pk])).content.decode()
+    approval = waiting.approvals.get()
+    rows = html.split('<tr data-deployment="')[1:]
+    assert [row.split('"', 1)[0] for row in rows] == [str(waiting.pk), str(earlier.pk)]  # newest first
+    assert "Approve by <strong>grace</strong>" in rows[0]
+    assert approval.created_at.strftime("%Y-%m-%d") in rows[0]
+    assert "main is green" in rows[0]
+    assert earlier.run.commit_sha[:8] in rows[1] and "ada" in rows[1]
+    assert "Rolled back" in rows[1]
+    assert reverse("runs:run", args=[waiting.run_id]) in rows[0]
+
+
+def test_an_environments_page_pages_through_its_history(people) -> None:
+    from pipelines.views_pages import DEPLOYMENTS_PER_PAGE
+    from runs.models import Deployment, Job
+
+    environment = _production(people)
+    run = people.tree.run
+    for n in range(DEPLOYMENTS_PER_PAGE):
+        job = Job.objects.create(run=run, name=f"deploy-{n}", stage="deploy", stage_index=2)
+        Deployment.objects.create(environment=environment, run=run, job=job, status="SKIPPED")
+    client = people.client("viewer")
+    url = reverse("runs:environment", args=[environment.pk])
+    first = client.get(url).content.decode()
+    second = client.get(url, {"page": 2}).content.decode()
+    assert first.count("<tr data-deployment=") == DEPLOYMENTS_PER_PAGE
+    assert second.count("<tr data-deployment=") == 2
+    assert "Page 1 of 2" in first and "?page=2" in first
+
+
+@pytest.mark.parametrize("extra", [0, 6])
+def test_an_environments_page_query_count_does_not_depend_on_the_number_of_deployments(
+    people, django_assert_num_queries, extra: int
+) -> None:
+    from runs.models import Approval, Deployment, Job
+
+    environment = _production(people)
+    run = people.tree.run
+    for n in range(extra):
+        job = Job.objects.create(run=run, name=f"deploy-{n}", stage="deploy", stage_index=2)
+        deployment = Deployment.objects.create(environment=environment, run=run, job=job, status="SUCCEEDED")
+        Approval.objects.create(deployment=deployment, job=job, username="ada", decision="approve")
+    client = people.client("viewer")
+    url = reverse("runs:environment", args=[environment.pk])
+    client.get(url)
+    # session, user, environment, current deployment, count, the page, their decisions
+    with django_assert_num_queries(7):
+        client.get(url)
+
+
+# --- Members of a repository, edited on its page.
+
+
+def _members_html(people, role) -> str:
+    return people.client(role).get(reverse("runs:repository", args=[people.repository.name])).content.decode()
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_members_are_listed_to_the_repositorys_people_and_editable_by_maintainers(people, role) -> None:
+    response = people.client(role).get(reverse("runs:repository", args=[people.repository.name]))
+    if not SEES[role]:
+        assert response.status_code == 404
+        return
+    html = response.content.decode()
+    assert 'id="members"' in html
+    assert people["developer"].username in html
+    assert ('data-role="add-member"' in html) is MAINTAINS[role]
+    assert ('data-role="remove-member"' in html) is MAINTAINS[role]
+
+
+def test_a_public_repositorys_members_are_not_listed_to_people_without_a_role(people) -> None:
+    Repository.objects.filter(pk=people.repository.pk).update(is_private=False)
+    html = _members_html(people, "outsider")
+    assert 'id="members"' not in html
+
+
+def _add(people, role, username, new_role="developer", *, client=None):
+    return (client or people.client(role)).post(
+        reverse("runs:member-add", args=[people.repository.name]), {"username": username, "role": new_role}
+    )
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_only_maintainers_add_members(people, role) -> None:
+    from django.contrib.auth import get_user_model
+
+    newcomer = get_user_model().objects.create_user(f"newcomer-{role}")
+    response = _add(people, role, newcomer.username)
+    added = RepositoryMembership.objects.filter(repository=people.repository, user=newcomer).first()
+    assert response.status_code == (302 if MAINTAINS[role] else 403 if SEES[role] else 404)
+    assert (added is not None) is MAINTAINS[role]
+    if added:
+        assert added.role == "developer"
+        assert response["Location"].endswith("#members")
+
+
+def test_adding_an_unknown_user_or_a_member_twice_or_a_bad_role_says_why(people) -> None:
+    client = people.client("maintainer")
+    unknown = _add(people, "maintainer", "nobody-at-all", client=client)
+    assert unknown.status_code == 302
+    assert "no active user" in client.get(unknown["Location"]).content.decode()
+    twice = _add(people, "maintainer", people["viewer"].username, client=client)
+    assert "a member of" in client.get(twice["Location"]).content.decode()
+    assert RepositoryMembership.objects.get(repository=people.repository, user=people["viewer"]).role == "viewer"
+    bad_role = _add(people, "maintainer", people["outsider"].username, new_role="owner", client=client)
+    assert "role: one of viewer, developer, maintainer" in client.get(bad_role["Location"]).content.decode()
+    assert not RepositoryMembership.objects.filter(user=people["outsider"]).exists()
+
+
+def test_a_maintainer_changes_a_role_and_removes_a_member_and_both_are_audited(people) -> None:
+    from audit.models import AuditEvent
+
+    client = people.client("maintainer")
+    viewer = RepositoryMembership.objects.get(repository=people.repository, user=people["viewer"])
+    name = people.repository.name
+    client.post(reverse("runs:member-role", args=[name, viewer.pk]), {"role": "developer"})
+    viewer.refresh_from_db()
+    assert viewer.role == "developer"
+    client.post(reverse("runs:member-remove", args=[name, viewer.pk]))
+    assert not RepositoryMembership.objects.filter(pk=viewer.pk).exists()
+    events = list(
+        AuditEvent.objects.filter(repository=people.repository, action__startswith="membership.").order_by("at", "id")
+    )
+    assert [(e.action, e.actor, e.details.get("previous_role")) for e in events] == [
+        ("membership.save", people["maintainer"].username, "viewer"),
+        ("membership.delete", people["maintainer"].username, None),
+    ]
+
+
+@pytest.mark.parametrize("role", ["viewer", "developer"])
+def test_people_who_do_not_maintain_cannot_change_or_remove_members(people, role) -> None:
+    membership = RepositoryMembership.objects.get(repository=people.repository, user=people["maintainer"])
+    client = people.client(role)
+    name = people.repository.name
+    assert client.post(reverse("runs:member-role", args=[name, membership.pk]), {"role": "viewer"}).status_code == 403
+    assert client.post(reverse("runs:member-remove", args=[name, membership.pk])).status_code == 403
+    membership.refresh_from_db()
+    assert membership.role == "maintainer"
+
+
+def test_the_last_maintainer_can_be_neither_removed_nor_demoted(people) -> None:
+    membership = RepositoryMembership.objects.get(repository=people.repository, user=people["maintainer"])
+    client = people.client("maintainer")
+    name = people.repository.name
+    removed = client.post(reverse("runs:member-remove", args=[name, membership.pk]))
+    demoted = client.post(reverse("runs:member-role", args=[name, membership.pk]), {"role": "viewer"})
+    membership.refresh_from_db()
+    assert membership.role == "maintainer"
+    assert "needs a maintainer" in client.get(removed["Location"]).content.decode()
+    assert demoted.status_code == 302
+
+    # With a second maintainer, the first may step down.
+    _add(people, "maintainer", people["outsider"].username, new_role="maintainer")
+    stepped_down = client.post(reverse("runs:member-role", args=[name, membership.pk]), {"role": "viewer"})
+    membership.refresh_from_db()
+    assert membership.role == "viewer"
+    assert stepped_down["Location"].endswith("#members")
+
+
+def test_a_member_of_another_repository_is_a_404_here(people) -> None:
+    other = make_pipeline("elsewhere").repository
+    theirs = RepositoryMembership.objects.create(repository=other, user=people["outsider"], role="viewer")
+    url = reverse("runs:member-remove", args=[people.repository.name, theirs.pk])
+    assert people.client("maintainer").post(url).status_code == 404
+    assert RepositoryMembership.objects.filter(pk=theirs.pk).exists()
+
+
+def test_the_member_forms_need_a_csrf_token(people) -> None:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(people["maintainer"])
+    response = client.post(
+        reverse("runs:member-add", args=[people.repository.name]), {"username": "x", "role": "viewer"}
+    )
+    assert response.status_code == 403
+
+
+def test_staff_who_may_edit_memberships_in_the_admin_may_here_too(people) -> None:
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+
+    staff = get_user_model().objects.create_user("operator", is_staff=True)
+    client = Client()
+    client.force_login(staff)
+    url = reverse("runs:member-add", args=[people.repository.name])
+    assert client.post(url, {"username": people["outsider"].username, "role": "viewer"}).status_code == 403
+    staff.user_permissions.add(Permission.objects.get(codename="change_repositorymembership"))
+    staff = get_user_model().objects.get(pk=staff.pk)
+    client.force_login(staff)
+    assert client.post(url, {"username": people["outsider"].username, "role": "viewer"}).status_code == 302
+    assert RepositoryMembership.objects.filter(repository=people.repository, user=people["outsider"]).exists()
+
+
+# --- Redelivering a webhook delivery from its page.
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_only_maintainers_redeliver_a_delivery(people, role, django_capture_on_commit_callbacks) -> None:
+    delivery = WebhookDelivery.objects.get(repository=people.repository)
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(status=DeliveryStatus.FAILED)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = people.client(role).post(reverse("runs:delivery-redeliver", args=[delivery.pk]))
+    delivery.refresh_from_db()
+    assert response.status_code == (302 if MAINTAINS[role] else 404)
+    assert (delivery.status == DeliveryStatus.QUEUED) is MAINTAINS[role]
+    assert bool(callbacks) is MAINTAINS[role]  # the processing task, sent after commit
+
+
+def test_the_delivery_page_offers_redeliver_unless_it_is_being_processed(people) -> None:
+    delivery = WebhookDelivery.objects.get(repository=people.repository)
+    client = people.client("maintainer")
+    url = reverse("runs:delivery", args=[delivery.pk])
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(status=DeliveryStatus.DONE)
+    assert 'data-role="redeliver"' in client.get(url).content.decode()
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(status=DeliveryStatus.PROCESSING)
+    assert 'data-role="redeliver"' not in client.get(url).content.decode()
+    response = client.post(reverse("runs:delivery-redeliver", args=[delivery.pk]))
+    assert "being processed" in client.get(response["Location"]).content.decode()
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.PROCESSING
+
+
+def test_a_redelivery_processes_the_stored_delivery_again(
+    forge, forge_people, settings, django_capture_on_commit_callbacks
+) -> None:
+    from pipelines.tests import webhook_payloads as p
+
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    payload = p.github_push(after=forge.sha, full_name=forge.repository.forge_project)
+    delivery = WebhookDelivery.objects.create(
+        repository=forge.repository,
+        provider="github",
+        delivery_id="redeliver-me",
+        event="push",
+        body=json.dumps(payload),
+        content_type="application/json",
+        status=DeliveryStatus.FAILED,
+        error_message="the repository was unreachable",
+    )
+    client = forge_people.client("maintainer")
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("runs:delivery-redeliver", args=[delivery.pk]))
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.DONE
+    assert list(delivery.runs.values_list("commit_sha", flat=True)) == [forge.sha]

@@ -7,6 +7,10 @@ marker lines around every step; the runner follows the pod's log and splits it b
 per-step logs, start/finish reports and exit codes. A per-job random nonce in the markers
 keeps a step that happens to print something marker-like (a `cat` of another job's log)
 from being read as one.
+
+Artifacts and caches do not travel into or out of pods yet: `_PodRun._artifacts_preflight`
+says so in the job's log and fails the jobs that would otherwise miss files (README:
+Artifacts, "On the Kubernetes executor").
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from kubernetes.client.exceptions import ApiException
 
 from runners.executors.base import LOG_FLUSH_S, JobResult, LogStream, Reporter
 from runners.kube import describe_api_error
-from runners.services import ClaimedJob, ClaimedStep
+from runners.services import ClaimedJob, ClaimedStep, JobNotHeld
 from runs.models import JobStatus, StepKind, StepStatus
 
 logger = logging.getLogger(__name__)
@@ -246,6 +250,12 @@ class _StepTracker:
             for event in self._parser.feed(data):
                 self._apply(event)
 
+    def note(self, text: str) -> None:
+        """A line of the runner's own, at the head of the current step's log."""
+        with self._lock:
+            if not self._closed:
+                self._logs[self._current].write(text)
+
     def tick(self) -> None:
         with self._lock:
             if not self._closed:
@@ -450,10 +460,10 @@ class KubernetesExecutor:
     def pod_name(self, job: ClaimedJob) -> str:
         return re.sub(r"[^a-z0-9-]", "-", f"conveyor-job-{job.id[:8]}-{job.attempt}".lower())
 
-    def pod_manifest(self, job: ClaimedJob, *, nonce: str) -> client.V1Pod:
+    def pod_manifest(self, job: ClaimedJob, *, nonce: str, extra_env: dict[str, str] | None = None) -> client.V1Pod:
         image = (job.spec or {}).get("image")
         image_name = (image.get("name") if isinstance(image, dict) else image) or self.default_image
-        env = {"CI_BUILDS_DIR": self.builds_root, **job.variables}
+        env = {"CI_BUILDS_DIR": self.builds_root, **job.variables, **(extra_env or {})}
         # The checkout is there whatever a variable says.
         env["CI_PROJECT_DIR"] = f"{self.builds_root}/project"
         requests = {k: v for k, v in {"cpu": self.cpu_request, "memory": self.memory_request}.items() if v}
@@ -504,6 +514,8 @@ class _PodRun:
         # Only a pod this run created is ever deleted: a name clash may be another job's pod.
         self.created = False
         self.deleted = False
+        # CONVEYOR_IMAGE_* of the images the job's dependencies recorded (runners.artifacts).
+        self.extra_env: dict[str, str] = {}
 
     def execute(self) -> JobResult:
         try:
@@ -520,9 +532,56 @@ class _PodRun:
         self.tracker.conclude(running_status=StepStatus.FAILURE, note=result.reason)
         return result
 
+    def _artifacts_preflight(self) -> JobResult | None:
+        """Artifacts and caches are not carried in and out of pods yet. Say so, and fail a job
+        whose steps would silently miss files rather than let it pass without them: one that
+        declares `artifacts:` to keep, or that would receive its dependencies' archives.
+        `cache:` only makes a job faster, so it runs without (with a warning). The images its
+        dependencies recorded do reach it (CONVEYOR_IMAGE_*: only variables)."""
+        from runners.artifacts import _retry, artifact_transport, image_variables
+
+        spec = self.job.spec or {}
+        section = spec.get("artifacts") or {}
+        declared = [f"artifacts:{key}" for key in ("paths", "reports", "reuse") if section.get(key)]
+        problem = ""
+        if declared:
+            problem = f"artifacts: not supported on the Kubernetes executor yet ({', '.join(declared)})"
+        transport = artifact_transport(self.executor.reporter)
+        if transport is not None and not problem:
+            try:
+                available, missing = _retry(lambda: transport.dependencies(self.job), "artifact list")
+                if available or missing:
+                    names = ", ".join(sorted({f"{a['name']} of job {a['job']}" for a in [*available, *missing]}))
+                    problem = (
+                        f"artifacts: this job would receive the artifacts {names}, which the Kubernetes executor "
+                        "cannot put into its pod yet (set `dependencies: []` if it does not use them)"
+                    )
+                else:
+                    self.extra_env = image_variables(_retry(lambda: transport.images(self.job), "image list"))
+            except JobNotHeld:
+                raise
+            except Exception as exc:
+                problem = f"artifacts: the list of this job's dependencies is unavailable: {exc}"
+        if problem:
+            reason = f"{problem}; route this job to a shell runner with tags"
+            self.tracker.conclude(running_status=StepStatus.FAILURE, note=f"ERROR: {reason}")
+            return JobResult(status=JobStatus.FAILURE, reason=reason)
+        if spec.get("cache"):
+            self.tracker.note(
+                "WARNING: cache: not supported on the Kubernetes executor yet: this job runs without its cache "
+                "(route it to a shell runner with tags to use it)\n"
+            )
+        for name, value in self.extra_env.items():
+            if name.startswith("CONVEYOR_IMAGE_") and not name.endswith(("_REFERENCE", "_DIGEST")):
+                self.tracker.note(f"Image of the jobs this job depends on: {name}={value}\n")
+        return None
+
     def _execute(self) -> JobResult:
         timeout = self.job.timeout_s
         deadline = time.monotonic() + timeout + _DEADLINE_SLACK_S
+        refused = self._artifacts_preflight()
+        if refused is not None:
+            return refused
         if not self._create_pod():
             self.tracker.conclude(running_status=StepStatus.CANCELLED)
             return JobResult(status=JobStatus.CANCELLED, reason="cancelled")
@@ -548,7 +607,7 @@ class _PodRun:
 
     def _create_pod(self) -> bool:
         """Create the job's pod. False: cancelled while a leftover pod was in the way."""
-        manifest = self.executor.pod_manifest(self.job, nonce=self.nonce)
+        manifest = self.executor.pod_manifest(self.job, nonce=self.nonce, extra_env=self.extra_env)
         try:
             self.api.create_namespaced_pod(self.namespace, manifest, _request_timeout=_API_TIMEOUT_S)
         except ApiException as exc:

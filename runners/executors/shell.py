@@ -14,6 +14,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -29,19 +30,123 @@ from runs.models import StepKind, StepStatus
 _KILL_GRACE_S = 2.0
 _DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
+# The guardian (see ProcessGroupGuardian): it reads "+<pgid> <start>" / "-<pgid>" lines from
+# the runner and, once its stdin ends (the runner exited, however it died, SIGKILL included),
+# kills every process group still registered. Kept tiny: it runs no job code, imports nothing.
+_GUARDIAN_CODE = """
+import os, signal, sys
+groups = {}
+for line in sys.stdin:
+    fields = line[1:].split()
+    if line[:1] == "+" and fields:
+        groups[int(fields[0])] = fields[1] if len(fields) > 1 else ""
+    elif line[:1] == "-" and fields:
+        groups.pop(int(fields[0]), None)
+for pgid, start in groups.items():
+    try:
+        with open("/proc/%d/stat" % pgid) as stat:
+            if start and stat.read().rsplit(")", 1)[1].split()[19] != start:
+                continue
+    except OSError:
+        pass
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+def _start_time(pid: int) -> str:
+    """When the process `pid` started (clock ticks since boot, from /proc), or "" where
+    there is no /proc. A process group's number is its leader's pid: once the leader is
+    gone and the group empty, the number may be reused, and this tells a new owner apart."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _kill_group_if_ours(pgid: int, start: str) -> None:
+    """SIGKILL the process group `pgid` unless its number now belongs to another process.
+    No process with that pid: the group is ours or empty (a number is not reused while its
+    group has members). One that started at `start`: our leader, still alive."""
+    now = _start_time(pgid)
+    if now and start and now != start:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+class ProcessGroupGuardian:
+    """Makes sure a job's processes never outlive their runner.
+
+    Every step runs in a process group of its own (so a cancel or a timeout reaches all its
+    children), which also means that a runner killed with SIGKILL would leave them running:
+    nobody is left to kill them, and the job's next attempt on another runner would race its
+    ghost. The guardian is a small process in a session of its own, fed the process groups
+    of running jobs through a pipe that only the runner holds. When the runner dies the
+    kernel closes the pipe, and the guardian kills what is still registered."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen | None = None
+        self._groups: dict[int, str] = {}  # process group -> its leader's start time
+
+    def _send(self, line: str) -> None:
+        # The caller holds the lock. A dead guardian (killed by hand) is replaced and told
+        # everything again.
+        for _ in range(2):
+            if self._process is None or self._process.poll() is not None:
+                self._process = subprocess.Popen(
+                    # The last argument only names it in `ps`.
+                    [sys.executable, "-S", "-c", _GUARDIAN_CODE, "conveyor-runner-guardian"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    env={"PATH": _DEFAULT_PATH},
+                    start_new_session=True,  # outlives a kill of the runner's own process group
+                    text=True,
+                )
+                line = "".join(f"+{pgid} {start}\n" for pgid, start in self._groups.items()) + line
+            try:
+                self._process.stdin.write(line)
+                self._process.stdin.flush()
+                return
+            except OSError:
+                self._process = None
+
+    def register(self, pgid: int, start: str) -> None:
+        with self._lock:
+            self._groups[pgid] = start
+            self._send(f"+{pgid} {start}\n")
+
+    def unregister(self, pgid: int) -> None:
+        with self._lock:
+            self._groups.pop(pgid, None)
+            if self._process is not None:
+                self._send(f"-{pgid}\n")
+
 
 class ShellExecutor:
     def __init__(self, *, reporter: Reporter, builds_dir: Path | None = None, keep_workspace: bool = False):
         self.reporter = reporter
         self.builds_dir = Path(builds_dir or tempfile.gettempdir()) / "conveyor-builds"
         self.keep_workspace = keep_workspace
+        self.guardian = ProcessGroupGuardian()
+        self._job_groups: dict[str, list[tuple[int, str]]] = {}
 
     def run(self, job: ClaimedJob, stop: threading.Event) -> JobResult:
         self.builds_dir.mkdir(parents=True, exist_ok=True)
         workspace = Path(tempfile.mkdtemp(prefix=f"{job.id}-", dir=self.builds_dir))
+        self._job_groups[job.id] = []
         try:
             return self._run_in(workspace, job, stop)
         finally:
+            # What a step left running in the background (`server &`) may serve the job's
+            # later steps, but never outlives the job, as in GitLab.
+            for pgid, start in self._job_groups.pop(job.id, []):
+                _kill_group_if_ours(pgid, start)
+                self.guardian.unregister(pgid)
             if not self.keep_workspace:
                 shutil.rmtree(workspace, ignore_errors=True)
 
@@ -180,6 +285,11 @@ class ShellExecutor:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so a kill reaches every child
         )
+        # The group id is the shell's pid (start_new_session): registered before any output is
+        # read, so the guardian knows it for as long as anything may run in it.
+        group = (process.pid, _start_time(process.pid))
+        self.guardian.register(*group)
+        self._job_groups.setdefault(job.id, []).append(group)
         note = ""
         with selectors.DefaultSelector() as selector:
             selector.register(process.stdout, selectors.EVENT_READ)

@@ -88,7 +88,7 @@ def test_a_job_past_its_timeout_is_killed_and_fails(executor, reporter, repo):
 
     assert result.status == "FAILURE"
     assert "timed out after 1s" in result.reason
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 25, "the step ran on past its timeout (to the end of its sleep 30)"
 
 
 def test_cancel_kills_a_running_sleep_and_its_children(executor, reporter, repo, tmp_path):
@@ -102,7 +102,7 @@ def test_cancel_kills_a_running_sleep_and_its_children(executor, reporter, repo,
     )
 
     assert result.status == "CANCELLED"
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 25, "the cancelled step ran on (to the end of its sleep 30)"
     assert reporter.finished["s1"] == ("SKIPPED", None)
     time.sleep(3.5)
     assert not marker.exists(), "a child of the cancelled step outlived the cancel"

@@ -102,16 +102,35 @@ def test_the_runs_list_query_count_does_not_depend_on_the_number_of_runs(
     assert len(response.context["runs"]) == min(RUNS_PER_PAGE, count + 2)
 
 
-def test_the_runs_list_polls_the_statuses_of_its_active_runs(admin_client) -> None:
+def test_the_runs_list_follows_its_active_runs_over_a_socket_and_can_poll_them(admin_client) -> None:
     runs = make_runs(make_pipeline(), 2)
     PipelineRun.objects.filter(pk=runs[0].pk).update(status=RunStatus.RUNNING, duration_s=None, finished_at=None)
     html = admin_client.get(reverse("runs:list")).content.decode()
     assert f'data-poll="{reverse("runs:list-status")}"' in html
+    assert 'data-ws="/ws/runs/"' in html
+    assert 'data-role="new-runs" hidden' in html
     data = admin_client.get(reverse("runs:list-status"), {"id": [str(r.pk) for r in runs]}).json()
     assert {row["id"]: row["status"] for row in data["runs"]} == {
         str(runs[0].pk): "RUNNING",
         str(runs[1].pk): "SUCCESS",
     }
+
+
+def test_the_runs_list_shows_how_long_a_running_run_has_taken_so_far(admin_client) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    (run,) = make_runs(make_pipeline(), 1)
+    started = timezone.now() - timedelta(minutes=3)
+    PipelineRun.objects.filter(pk=run.pk).update(
+        status=RunStatus.RUNNING, started_at=started, duration_s=None, finished_at=None
+    )
+    html = admin_client.get(reverse("runs:list")).content.decode()
+    cell = html.split(f'<tr data-run="{run.pk}">', 1)[1].split('data-role="run-duration"', 1)[1].split("</td>", 1)[0]
+    elapsed = float(re.search(r'data-elapsed="([0-9.]+)"', cell).group(1))
+    assert 180 <= elapsed < 24 * 3600  # counted from its start, not empty while it runs
+    assert ">3m " in cell
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -137,6 +156,7 @@ def test_the_run_page_draws_the_graph_by_stage_with_needs_edges_statuses_and_dur
     assert f'class="graph-job job-running" href="/jobs/{tree.jobs["test"].pk}/"' in html
     assert 'class="graph-job job-success"' in html
     assert f'data-poll="{reverse("runs:run-status", args=[tree.run.pk])}" data-active="1"' in html
+    assert f'data-ws="/ws/runs/{tree.run.pk}/"' in html  # live over the run's socket, polling as a fallback
 
 
 def test_the_run_page_shows_deployments_waiting_for_approval_with_approve_and_reject(admin_client) -> None:
@@ -146,6 +166,7 @@ def test_the_run_page_shows_deployments_waiting_for_approval_with_approve_and_re
     assert f'data-decide="{reverse("deployment_approve", args=[deployment.pk])}"' in html
     assert f'data-decide="{reverse("deployment_reject", args=[deployment.pk])}"' in html
     assert "awaiting approval (1 of 2)" in html
+    assert f'href="{reverse("runs:environment", args=[deployment.environment_id])}"' in html
 
 
 def test_the_run_page_sums_up_test_reports_and_links_artifact_downloads(admin_client) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand
 
-from artifacts.services import artifacts_cleanup
+from artifacts.services import artifacts_cleanup, caches_cleanup, storage_deletions_process
 
 
 class Command(BaseCommand):
     help = (
-        "Delete expired artifacts and abandoned uploads (storage first, then rows), as the nightly task does. "
+        "Delete expired artifacts and abandoned uploads (storage first, then rows), unused caches and the "
+        "storage objects of deleted runs and repositories, as the nightly task does. "
         "--dry-run only counts them."
     )
 
@@ -26,6 +27,10 @@ class Command(BaseCommand):
             )
             return
         counts = artifacts_cleanup(batch_size=options["batch_size"])
+        caches = caches_cleanup(batch_size=options["batch_size"])
+        objects = storage_deletions_process(batch_size=options["batch_size"])
+        failed = counts["failed"] + objects["failed"]
         self.stdout.write(
-            f"deleted {counts['deleted']} artifact(s); {counts['failed']} deletion(s) failed and will be retried"
+            f"deleted {counts['deleted']} artifact(s), {caches['removed']} unused cache(s) and "
+            f"{objects['deleted']} object(s) of deleted rows; {failed} deletion(s) failed and will be retried"
         )
