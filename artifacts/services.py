@@ -118,22 +118,32 @@ def artifact_upload_begin(*, job: Job, name: str, type: str, size: int, sha256: 
     )
 
 
+def _store_declared(*, path: str, stream: IO[bytes], size_bytes: int, sha256: str) -> str:
+    """Stream content into storage at `path`, hashing it on the way, and return where it was
+    stored; refuse (deleting what was stored) a body bigger than declared or whose size or
+    sha256 differ from what was declared."""
+    try:
+        stored, size, digest = storage.save_stream(path, stream, limit=size_bytes)
+    except storage.TooLarge:
+        storage.delete(path)
+        raise ArtifactRefused(f"the content is bigger than the declared {size_bytes} bytes") from None
+    if (size, digest) != (size_bytes, sha256):
+        storage.delete(stored)
+        raise ArtifactRefused(
+            f"the content ({size} bytes, sha256 {digest}) is not what was declared "
+            f"({size_bytes} bytes, sha256 {sha256})"
+        )
+    return stored
+
+
 def artifact_receive(*, artifact: Artifact, stream: IO[bytes]) -> Artifact:
     """Stream an upload's content into storage, hashing it on the way; refuse (and delete what
     was stored) a body that is bigger than declared or whose size or sha256 differ."""
     if artifact.status != ArtifactStatus.PENDING:
         raise ArtifactRefused(f"artifact {artifact.pk} is {artifact.status}, not waiting for its content")
-    try:
-        stored, size, sha256 = storage.save_stream(artifact.storage_path, stream, limit=artifact.size_bytes)
-    except storage.TooLarge:
-        storage.delete(artifact.storage_path)
-        raise ArtifactRefused(f"the content is bigger than the declared {artifact.size_bytes} bytes") from None
-    if (size, sha256) != (artifact.size_bytes, artifact.sha256):
-        storage.delete(stored)
-        raise ArtifactRefused(
-            f"the content ({size} bytes, sha256 {sha256}) is not what was declared "
-            f"({artifact.size_bytes} bytes, sha256 {artifact.sha256})"
-        )
+    stored = _store_declared(
+        path=artifact.storage_path, stream=stream, size_bytes=artifact.size_bytes, sha256=artifact.sha256
+    )
     if stored != artifact.storage_path:
         Artifact.objects.filter(pk=artifact.pk).update(storage_path=stored)
         artifact.storage_path = stored
@@ -539,17 +549,7 @@ def cache_receive(*, cache: Cache, stream: IO[bytes]) -> Cache:
     """Stream a cache upload into its (new) object, refusing content other than declared."""
     if cache.status != CacheStatus.PENDING:
         raise ArtifactRefused(f"cache {cache.pk} is {cache.status}, not waiting for its content")
-    try:
-        stored, size, sha256 = storage.save_stream(cache.storage_path, stream, limit=cache.size_bytes)
-    except storage.TooLarge:
-        storage.delete(cache.storage_path)
-        raise ArtifactRefused(f"the content is bigger than the declared {cache.size_bytes} bytes") from None
-    if (size, sha256) != (cache.size_bytes, cache.sha256):
-        storage.delete(stored)
-        raise ArtifactRefused(
-            f"the content ({size} bytes, sha256 {sha256}) is not what was declared "
-            f"({cache.size_bytes} bytes, sha256 {cache.sha256})"
-        )
+    stored = _store_declared(path=cache.storage_path, stream=stream, size_bytes=cache.size_bytes, sha256=cache.sha256)
     if stored != cache.storage_path:
         Cache.objects.filter(pk=cache.pk).update(storage_path=stored)
         cache.storage_path = stored

@@ -55,7 +55,24 @@ def _offset_from(query_string: bytes) -> int:
         return 0
 
 
-class StepLogConsumer(AsyncJsonWebsocketConsumer):
+class ViewerConsumer(AsyncJsonWebsocketConsumer):
+    """A live viewer: it listens to the channel-layer groups in `self.joined`, with a backstop
+    task in `self.backstop`, and ignores what the browser sends."""
+
+    async def disconnect(self, code: int) -> None:
+        if getattr(self, "backstop", None) is not None:
+            self.backstop.cancel()
+        for group in getattr(self, "joined", []):
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception as exc:  # Redis away: the subscription dies with the connection anyway
+                logger.debug("group_discard %s failed: %s", group, exc)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        """Viewers only listen; anything they send is ignored."""
+
+
+class StepLogConsumer(ViewerConsumer):
     async def connect(self) -> None:
         step = await database_sync_to_async(step_for_viewer)(
             user=self.scope.get("user"), step_id=self.scope["url_route"]["kwargs"]["step_id"]
@@ -84,18 +101,6 @@ class StepLogConsumer(AsyncJsonWebsocketConsumer):
             return
         self.heard_at = asyncio.get_running_loop().time()
         self.backstop = asyncio.ensure_future(self._backstop())
-
-    async def disconnect(self, code: int) -> None:
-        if getattr(self, "backstop", None) is not None:
-            self.backstop.cancel()
-        for group in getattr(self, "joined", []):
-            try:
-                await self.channel_layer.group_discard(group, self.channel_name)
-            except Exception as exc:  # Redis away: the subscription dies with the connection anyway
-                logger.debug("group_discard %s failed: %s", group, exc)
-
-    async def receive_json(self, content: Any, **kwargs: Any) -> None:
-        """Viewers only listen; anything they send is ignored."""
 
     # --- Channel layer events.
 

@@ -39,10 +39,10 @@ import uuid
 from typing import Any
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from logs import events
+from logs.consumers import ViewerConsumer
 from runs.page_selectors import repository_visible, run_for_viewer, run_live_status_of, run_statuses
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ CLOSE_TRY_AGAIN = 1013  # Redis is away: the page polls instead
 MAX_SNAPSHOT_RUNS = 100  # a page of the runs list shows 25
 
 
-class _LiveConsumer(AsyncJsonWebsocketConsumer):
+class _LiveConsumer(ViewerConsumer):
     """Joining groups without failing on a Redis that is away; leaving them."""
 
     joined: list[str]
@@ -65,18 +65,6 @@ class _LiveConsumer(AsyncJsonWebsocketConsumer):
             return False
         self.joined.append(group)
         return True
-
-    async def disconnect(self, code: int) -> None:
-        if getattr(self, "backstop", None) is not None:
-            self.backstop.cancel()
-        for group in getattr(self, "joined", []):
-            try:
-                await self.channel_layer.group_discard(group, self.channel_name)
-            except Exception as exc:  # Redis away: the subscription dies with the connection anyway
-                logger.debug("group_discard %s failed: %s", group, exc)
-
-    async def receive_json(self, content: Any, **kwargs: Any) -> None:
-        """Viewers only listen; anything they send is ignored."""
 
 
 class RunStatusConsumer(_LiveConsumer):
