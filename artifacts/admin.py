@@ -9,6 +9,7 @@ from django.utils.html import format_html
 
 from artifacts.models import Artifact, ArtifactStatus, Cache, StorageDeletion, TestReport
 from artifacts.services import artifacts_delete
+from cicd.admin_base import ReadOnlyAdmin
 
 
 class TestReportInline(admin.StackedInline):
@@ -85,23 +86,8 @@ class TestReportAdmin(admin.ModelAdmin):
         return False
 
 
-class _ReadOnlyAdmin(admin.ModelAdmin):
-    """Rows that the services write: listed, never added, changed or deleted here."""
-
-    show_full_result_count = False
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-
 @admin.register(Cache)
-class CacheAdmin(_ReadOnlyAdmin):
+class CacheAdmin(ReadOnlyAdmin):
     """`cache:` archives, per repository and key. The nightly cleanup removes those unused for
     CONVEYOR_CACHE_RETENTION_DAYS; deleting a repository removes its caches and their objects."""
 
@@ -117,7 +103,7 @@ class CacheAdmin(_ReadOnlyAdmin):
 
 
 @admin.register(StorageDeletion)
-class StorageDeletionAdmin(_ReadOnlyAdmin):
+class StorageDeletionAdmin(ReadOnlyAdmin):
     """Storage objects of deleted rows waiting to be deleted; `attempts` and `last_error` show
     a storage that refuses (the queue is drained every CONVEYOR_STORAGE_DELETION_SWEEP_S)."""
 

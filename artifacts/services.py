@@ -163,6 +163,18 @@ def _report_summary(artifact: Artifact) -> Summary:
         stream.close()
 
 
+def _check_stored(*, path: str, size_bytes: int, sha256: str) -> None:
+    """An object uploaded straight to storage (a presigned PUT) is the one declared: its size,
+    and its sha256 where the storage knows it. Otherwise it is deleted and refused."""
+    size = storage.stored_size(path)
+    if size is None:
+        raise ArtifactRefused("nothing was uploaded")
+    verified = storage.stored_sha256(path)
+    if size != size_bytes or (verified and verified != sha256):
+        storage.delete(path)
+        raise ArtifactRefused(f"the stored object ({size} bytes) is not what was declared ({size_bytes})")
+
+
 def artifact_commit(*, artifact: Artifact, now: datetime | None = None) -> Artifact:
     """The upload is complete: check the stored object against the declaration and make the
     artifact AVAILABLE with its expiry (a test report also gets its parsed summary).
@@ -171,13 +183,7 @@ def artifact_commit(*, artifact: Artifact, now: datetime | None = None) -> Artif
         return artifact
     if artifact.status != ArtifactStatus.PENDING:
         raise ArtifactRefused(f"artifact {artifact.pk} is {artifact.status}")
-    size = storage.stored_size(artifact.storage_path)
-    if size is None:
-        raise ArtifactRefused("nothing was uploaded")
-    verified = storage.stored_sha256(artifact.storage_path)
-    if size != artifact.size_bytes or (verified and verified != artifact.sha256):
-        storage.delete(artifact.storage_path)
-        raise ArtifactRefused(f"the stored object ({size} bytes) is not what was declared ({artifact.size_bytes})")
+    _check_stored(path=artifact.storage_path, size_bytes=artifact.size_bytes, sha256=artifact.sha256)
     summary = _report_summary(artifact) if artifact.type == ArtifactType.TEST_REPORT else None
     now = now or timezone.now()
     job = Job.objects.select_related("run__pipeline__repository").get(pk=artifact.job_id)
@@ -565,13 +571,7 @@ def cache_commit(*, cache: Cache, now: datetime | None = None) -> Cache:
     key's cache after the commit. Idempotent."""
     if cache.status == CacheStatus.AVAILABLE:
         return cache
-    size = storage.stored_size(cache.storage_path)
-    if size is None:
-        raise ArtifactRefused("nothing was uploaded")
-    verified = storage.stored_sha256(cache.storage_path)
-    if size != cache.size_bytes or (verified and verified != cache.sha256):
-        storage.delete(cache.storage_path)
-        raise ArtifactRefused(f"the stored object ({size} bytes) is not what was declared ({cache.size_bytes})")
+    _check_stored(path=cache.storage_path, size_bytes=cache.size_bytes, sha256=cache.sha256)
     now = now or timezone.now()
     with transaction.atomic():
         # Commits of one key take turns (a transaction-scoped advisory lock): the partial

@@ -5,10 +5,11 @@ from __future__ import annotations
 from django.contrib import admin
 
 from audit.models import AuditEvent
+from cicd.admin_base import ReadOnlyAdmin
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyAdmin):  # written by services only: it is the record
     list_display = ("at", "action", "actor", "repository", "target_type", "target_id")
     list_filter = ("action", "repository", "target_type")
     list_select_related = ("repository",)
@@ -26,13 +27,3 @@ class AuditEventAdmin(admin.ModelAdmin):
         "details",
     )
     readonly_fields = fields
-
-    # Written by services only, never edited or deleted by hand: it is the record.
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False

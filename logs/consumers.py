@@ -56,8 +56,45 @@ def _offset_from(query_string: bytes) -> int:
 
 
 class ViewerConsumer(AsyncJsonWebsocketConsumer):
-    """A live viewer: it listens to the channel-layer groups in `self.joined`, with a backstop
-    task in `self.backstop`, and ignores what the browser sends."""
+    """A live viewer: it listens to the channel-layer groups in `self.joined` and ignores what
+    the browser sends. Its channel-layer events are handled one at a time under `self.lock`;
+    `start_backstop()` starts a task that, whenever the layer has been quiet for
+    CONVEYOR_LOG_VIEWER_BACKSTOP_S, catches up from the database (`_catch_up`, under the lock):
+    an event lost while Redis was away costs a viewer that long at most."""
+
+    lock: asyncio.Lock
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        if message.get("type", "").startswith(("log.", "run.", "step.")):
+            self._heard()
+            async with self.lock:
+                await super().dispatch(message)
+        else:
+            await super().dispatch(message)
+
+    def _heard(self) -> None:
+        self.heard_at = asyncio.get_running_loop().time()
+
+    def start_backstop(self) -> None:
+        self._heard()
+        self.backstop = asyncio.ensure_future(self._backstop())
+
+    async def _backstop(self) -> None:
+        interval = settings.CONVEYOR_LOG_VIEWER_BACKSTOP_S
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                if loop.time() - self.heard_at >= interval:
+                    async with self.lock:
+                        await self._catch_up()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the socket went away under us: nothing left to do
+            logger.debug("viewer backstop of %s ended: %s", self.channel_name, exc)
+
+    async def _catch_up(self) -> None:
+        raise NotImplementedError
 
     async def disconnect(self, code: int) -> None:
         if getattr(self, "backstop", None) is not None:
@@ -99,18 +136,9 @@ class StepLogConsumer(ViewerConsumer):
         if not live:
             await self.close(code=CLOSE_TRY_AGAIN)
             return
-        self.heard_at = asyncio.get_running_loop().time()
-        self.backstop = asyncio.ensure_future(self._backstop())
+        self.start_backstop()
 
     # --- Channel layer events.
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        if message.get("type", "").startswith(("log.", "run.", "step.")):
-            self.heard_at = asyncio.get_running_loop().time()
-            async with self.lock:
-                await super().dispatch(message)
-        else:
-            await super().dispatch(message)
 
     async def log_chunk(self, event: dict[str, Any]) -> None:
         if event["end"] <= self.cursor:
@@ -149,25 +177,13 @@ class StepLogConsumer(ViewerConsumer):
 
     # --- Helpers.
 
-    async def _backstop(self) -> None:
-        interval = settings.CONVEYOR_LOG_VIEWER_BACKSTOP_S
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                await asyncio.sleep(interval)
-                if loop.time() - self.heard_at < interval:
-                    continue
-                async with self.lock:
-                    await self._send_from_database()
-                    snapshot = await database_sync_to_async(step_status_snapshot)(step_id=self.step_id)
-                    if snapshot is not None and snapshot != self.status:
-                        if snapshot["step"]["status"] in StepStatus.TERMINAL:
-                            await self._send_from_database()
-                        await self._send_status(snapshot)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the socket went away under us: nothing left to do
-            logger.debug("log viewer backstop of step %s ended: %s", self.step_id, exc)
+    async def _catch_up(self) -> None:
+        await self._send_from_database()
+        snapshot = await database_sync_to_async(step_status_snapshot)(step_id=self.step_id)
+        if snapshot is not None and snapshot != self.status:
+            if snapshot["step"]["status"] in StepStatus.TERMINAL:
+                await self._send_from_database()
+            await self._send_status(snapshot)
 
     async def _join(self, *groups: str) -> bool:
         try:

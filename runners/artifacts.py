@@ -572,7 +572,6 @@ class JobArtifacts:
     def _pull_caches(self, log: _Log) -> None:
         """Restore each cache whose policy pulls: its key, else the first fallback key found.
         A missing cache, or one that cannot be fetched, is never an error."""
-        from django.conf import settings
 
         for entry in self.caches:
             if self._cache_policy(entry, log) not in {"pull", "pull-push"}:
@@ -590,15 +589,7 @@ class JobArtifacts:
                 path = self.directory / f"cache-{found['id']}.tar.gz"
                 try:
                     _retry(lambda f=found, p=path: self._download_cache(f, p), f"download of cache {found['key']}")
-                    digest = hashlib.sha256()
-                    with path.open("rb") as handle:
-                        while chunk := handle.read(archives.CHUNK_BYTES):
-                            digest.update(chunk)
-                    if digest.hexdigest() != found["sha256"]:
-                        raise ArtifactTransferError(f"cache {found['key']}: sha256 mismatch")
-                    limit = getattr(settings, "CONVEYOR_ARTIFACTS_MAX_UNPACKED_BYTES", 20 * 1024**3)
-                    with path.open("rb") as handle:
-                        unpacked = archives.unpack(handle, self.project, max_bytes=limit, log=log)
+                    unpacked = self._unpack_checked(path, found["sha256"], f"cache {found['key']}", log)
                 finally:
                     path.unlink(missing_ok=True)
                 log(f"cache: restored {found['key']}: {unpacked.files} files ({_size(unpacked.bytes)})")
@@ -606,6 +597,21 @@ class JobArtifacts:
                 raise
             except Exception as exc:
                 log(f"WARNING: cache: {', '.join(keys)} could not be restored ({exc}): the job starts without it")
+
+    def _unpack_checked(self, path: Path, sha256: str, what: str, log: _Log):
+        """Unpack a downloaded archive into the project, bounded, once its sha256 is the one
+        the server recorded (an empty `sha256`: none was recorded)."""
+        from django.conf import settings
+
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(archives.CHUNK_BYTES):
+                digest.update(chunk)
+        if sha256 and digest.hexdigest() != sha256:
+            raise ArtifactTransferError(f"{what}: sha256 mismatch")
+        limit = getattr(settings, "CONVEYOR_ARTIFACTS_MAX_UNPACKED_BYTES", 20 * 1024**3)
+        with path.open("rb") as handle:
+            return archives.unpack(handle, self.project, max_bytes=limit, log=log)
 
     def _download_cache(self, entry: dict[str, Any], path: Path) -> None:
         with path.open("wb") as handle:
@@ -655,7 +661,6 @@ class JobArtifacts:
         log(f"cache: saved {key}: {written.files} files ({_size(written.bytes_in)}), archive {_size(written.size)}")
 
     def _fetch(self, entry: dict[str, Any], log: _Log) -> None:
-        from django.conf import settings
 
         log(f"Downloading artifacts {entry['name']} of job {entry['job']} ({_size(entry['size'])})")
         path = self.directory / f"download-{entry['id']}.tar.gz"
@@ -666,15 +671,8 @@ class JobArtifacts:
 
         try:
             _retry(download, f"download of {entry['name']}")
-            digest = hashlib.sha256()
-            with path.open("rb") as handle:
-                while chunk := handle.read(archives.CHUNK_BYTES):
-                    digest.update(chunk)
-            if entry.get("sha256") and digest.hexdigest() != entry["sha256"]:
-                raise ArtifactTransferError(f"artifacts {entry['name']} of job {entry['job']}: sha256 mismatch")
-            limit = getattr(settings, "CONVEYOR_ARTIFACTS_MAX_UNPACKED_BYTES", 20 * 1024**3)
-            with path.open("rb") as handle:
-                unpacked = archives.unpack(handle, self.project, max_bytes=limit, log=log)
+            what = f"artifacts {entry['name']} of job {entry['job']}"
+            unpacked = self._unpack_checked(path, entry.get("sha256") or "", what, log)
         finally:
             path.unlink(missing_ok=True)
         skipped = f", {len(unpacked.skipped)} unsafe entries skipped" if unpacked.skipped else ""

@@ -98,16 +98,7 @@ class RunStatusConsumer(_LiveConsumer):
         if not live:
             await self.close(code=CLOSE_TRY_AGAIN)
             return
-        self._heard()
-        self.backstop = asyncio.ensure_future(self._backstop())
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        if message.get("type", "").startswith(("log.", "run.", "step.")):
-            self._heard()
-            async with self.lock:
-                await super().dispatch(message)
-        else:
-            await super().dispatch(message)
+        self.start_backstop()
 
     # --- Channel layer events. The events carry statuses but no durations: the snapshot is
     # read again (two small queries), which also makes a lost or reordered event harmless.
@@ -125,22 +116,8 @@ class RunStatusConsumer(_LiveConsumer):
     async def log_chunk(self, event: dict[str, Any]) -> None:
         """Not sent to run groups; ignored should one ever arrive."""
 
-    async def _backstop(self) -> None:
-        interval = settings.CONVEYOR_LOG_VIEWER_BACKSTOP_S
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                await asyncio.sleep(interval)
-                if loop.time() - self.heard_at >= interval:
-                    async with self.lock:
-                        await self._send_snapshot()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the socket went away under us: nothing left to do
-            logger.debug("live status backstop of run %s ended: %s", self.run_id, exc)
-
-    def _heard(self) -> None:
-        self.heard_at = asyncio.get_running_loop().time()
+    async def _catch_up(self) -> None:
+        await self._send_snapshot()
 
     async def _send_snapshot(self, *, force: bool = False) -> None:
         snapshot = await database_sync_to_async(run_live_status_of)(run_id=self.run_id)
