@@ -65,7 +65,7 @@ SELECT gen_random_uuid(), job.id, 0, 'script', 'true', 'true', 'SUCCESS', 0, job
 FROM runs_job AS job JOIN runs_pipelinerun AS run ON run.id = job.run_id
 WHERE run.pipeline_id = %(pipeline)s AND run.number > %(start)s
 """
-# The candidate scan of runners.services._CLAIM_SQL (a runner without tags).
+# The candidate scan of the claim (conveyor_claim_job, runners/migrations/0004; a runner without tags).
 _CANDIDATE = """
 EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
 SELECT id FROM runs_job WHERE status = 'QUEUED' AND tags <@ '{}'::varchar[] ORDER BY queue_key LIMIT 1
@@ -121,6 +121,8 @@ def drop_history(pipeline) -> None:
 def candidate_plan() -> dict[str, object]:
     """Buffers the claim's candidate scan touches, and how it scans (an index name or Seq Scan)."""
     with transaction.atomic(), connection.cursor() as cursor:
+        # The planner settings conveyor_claim_job runs its statements with (its SET clauses).
+        cursor.execute("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off")
         cursor.execute(_CANDIDATE)
         (plan,) = cursor.fetchone()
         # Rolled back: the row lock the scan takes must not stay behind.

@@ -24,9 +24,9 @@ from audit.services import audit_record
 from cicd.crypto import DecryptionError
 from cicd.tokens import token_generate, token_hash
 from logs.services import step_status_publish
-from pipelines.models import Pipeline, Repository, Variable
 from runners.models import Executor, RegistrationToken, Runner
-from runs.models import Job, JobStatus, PipelineRun, Step, StepStatus
+from runners.variables import JobFacts, job_variables
+from runs.models import Job, JobStatus, Step, StepStatus
 
 logger = logging.getLogger(__name__)
 
@@ -178,40 +178,15 @@ def _lease() -> timedelta:
     return timedelta(seconds=settings.CONVEYOR_JOB_LEASE_S)
 
 
-# The claim, as ONE statement (one round trip, no transaction held open by Python): lock
-# the first QUEUED job in queue_key order whose tags the runner has, skipping rows other
+# The claim, as ONE call (one round trip, no transaction held open by Python) of the
+# PL/pgSQL function conveyor_claim_job (runners/migrations/0004_claim_function.py): lock the
+# first QUEUED job in queue_key order whose tags the runner has, skipping rows other
 # claimers hold (what select_for_update(skip_locked=True) issues, served by the partial
 # index job_queue_idx), mark it RUNNING with a lease and the hash of a fresh job token, and
 # return what the runner needs with the job's steps. Hot path: the Django ORM costs 5 round
-# trips and ~1 ms of query compilation here, several times the statement itself (bench/).
-_CLAIM_SQL = f"""
-WITH candidate AS (
-    SELECT id FROM {Job._meta.db_table}
-    WHERE status = %(queued)s AND tags <@ %(tags)s::varchar[]
-    ORDER BY queue_key
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE {Job._meta.db_table} AS job
-    SET status = %(running)s, runner_id = %(runner)s, started_at = %(now)s,
-        lease_expires_at = %(lease)s, token_hash = %(token_hash)s
-    FROM candidate
-    WHERE job.id = candidate.id AND job.status = %(queued)s
-    RETURNING job.id, job.run_id, job.name, job.stage, job.attempt, job.timeout_s, job.spec
-)
-SELECT claimed.id, claimed.name, claimed.stage, claimed.attempt, claimed.timeout_s, claimed.spec,
-       run.id, run.number, run.commit_sha, run.commit_message, run.branch, run.is_tag, run.trigger,
-       run.variables, repository.name, repository.clone_url, repository.default_branch,
-       (SELECT coalesce(json_agg(json_build_array(step.id, step.index, step.kind, step.name, step.command)
-                                 ORDER BY step.index), '[]')
-        FROM {Step._meta.db_table} AS step WHERE step.job_id = claimed.id),
-       -- Most repositories have no CI/CD variables: then the claim costs no second query.
-       EXISTS (SELECT 1 FROM {Variable._meta.db_table} AS variable WHERE variable.repository_id = repository.id)
-FROM claimed
-JOIN {PipelineRun._meta.db_table} AS run ON run.id = claimed.run_id
-JOIN {Pipeline._meta.db_table} AS pipeline ON pipeline.id = run.pipeline_id
-JOIN {Repository._meta.db_table} AS repository ON repository.id = pipeline.repository_id
-"""  # noqa: S608 (only table names from model metadata are formatted in)
+# trips and ~1 ms of query compilation here; the function's statements are planned once per
+# connection, in the one plan that keeps a claim's cost flat however long the queue (bench/).
+_CLAIM_SQL = "SELECT * FROM conveyor_claim_job(%s::varchar[], %s::uuid, %s, %s, %s)"
 
 
 def _json(value: Any) -> Any:
@@ -225,41 +200,39 @@ def job_claim(*, runner: Runner) -> ClaimedJob | None:
         return None
     now = timezone.now()
     job_token = token_generate(JOB_TOKEN_PREFIX)
-    params = {
-        "queued": JobStatus.QUEUED.value,
-        "running": JobStatus.RUNNING.value,
-        "tags": list(runner.tags),
-        "runner": runner.pk,
-        "now": now,
-        "lease": now + _lease(),
-        "token_hash": token_hash(job_token),
-    }
+    lease_expires_at = now + _lease()
     with connection.cursor() as cursor:
-        cursor.execute(_CLAIM_SQL, params)
+        cursor.execute(_CLAIM_SQL, [list(runner.tags), runner.pk, now, lease_expires_at, token_hash(job_token)])
         row = cursor.fetchone()
     if row is None:
         return None
     (job_id, name, stage, attempt, timeout_s, spec, run_id, number, sha, message, branch, is_tag, trigger) = row[:13]
     run_variables, repository_name, clone_url, default_branch, steps, has_variables = row[13:]
-    repository = Repository(name=repository_name, clone_url=clone_url, default_branch=default_branch)
-    run = PipelineRun(
-        id=run_id,
-        pipeline=Pipeline(repository=repository),
-        number=number,
+    facts = JobFacts(
+        job_id=str(job_id),
+        job_name=name,
+        stage=stage,
+        attempt=attempt,
+        spec=_json(spec) or {},
+        run_id=str(run_id),
+        run_number=number,
+        trigger=trigger,
         commit_sha=sha,
         commit_message=message,
         branch=branch,
         is_tag=is_tag,
-        trigger=trigger,
-        variables=_json(run_variables),
+        run_variables=_json(run_variables) or {},
+        repository_name=repository_name,
+        default_branch=default_branch,
+        clone_url=clone_url,
     )
-    job = Job(id=job_id, run=run, name=name, stage=stage, attempt=attempt, timeout_s=timeout_s, spec=_json(spec))
     runner_touch(runner=runner)
     try:
         return _claimed_job(
-            job=job,
+            job=facts,
+            timeout_s=timeout_s,
             steps=_json(steps),
-            lease_expires_at=params["lease"],
+            lease_expires_at=lease_expires_at,
             job_token=job_token,
             runner=runner,
             has_variables=has_variables,
@@ -274,19 +247,16 @@ def job_claim(*, runner: Runner) -> ClaimedJob | None:
         return None
 
 
-def _project_variables(job: Job):
+def _project_variables(job: JobFacts):
     """The repository's CI/CD variables this job gets (pipelines.variables), decrypted. One
-    query, made only when _CLAIM_SQL says the repository has any."""
+    query, made only when the claim says the repository has any."""
     from pipelines.variables import variables_for_job
 
-    run = job.run
-    repository = run.pipeline.repository
-    environment = (job.spec or {}).get("environment") or {}
     return variables_for_job(
-        repository_name=repository.name,
-        default_branch=repository.default_branch,
-        ref=run.branch,
-        environment=str(environment.get("name") or ""),
+        repository_name=job.repository_name,
+        default_branch=job.default_branch,
+        ref=job.branch,
+        environment=job.environment_name,
     )
 
 
@@ -297,24 +267,29 @@ _UNDECRYPTABLE = (
 
 
 def _claimed_job(
-    *, job: Job, steps: list, lease_expires_at, job_token: str, runner: Runner, has_variables: bool = True
+    *,
+    job: JobFacts,
+    timeout_s: int,
+    steps: list,
+    lease_expires_at,
+    job_token: str,
+    runner: Runner,
+    has_variables: bool = True,
 ) -> ClaimedJob:
     from pipelines.variables import JobVariables
-    from runners.variables import job_variables
 
-    run = job.run
     project = _project_variables(job) if has_variables else JobVariables()
     return ClaimedJob(
-        id=str(job.id),
-        run_id=str(run.id),
-        name=job.name,
+        id=job.job_id,
+        run_id=job.run_id,
+        name=job.job_name,
         stage=job.stage,
         attempt=job.attempt,
-        timeout_s=job.timeout_s,
+        timeout_s=timeout_s,
         lease_expires_at=lease_expires_at.isoformat(),
-        clone_url=run.pipeline.repository.clone_url,
-        commit_sha=run.commit_sha,
-        ref=run.branch,
+        clone_url=job.clone_url,
+        commit_sha=job.commit_sha,
+        ref=job.branch,
         job_token=job_token,
         steps=[
             ClaimedStep(id=str(step_id), index=index, kind=kind, name=step_name, command=command)

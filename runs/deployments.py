@@ -215,13 +215,13 @@ def _deploy_image(run: PipelineRun, job: Job) -> str:
     """The `deploy: image:` with the job's variables expanded, as the runner will see it."""
     from runners.deploy.job import expand
     from runners.models import Runner
-    from runners.variables import job_variables
+    from runners.variables import JobFacts, job_variables
 
     image = ((job.spec or {}).get("deploy") or {}).get("image")
     if not image:
         return ""
     job.run = run
-    variables = job_variables(job=job, runner=Runner(tags=[]), job_token="")
+    variables = job_variables(job=JobFacts.of(job), runner=Runner(tags=[]), job_token="")
     return expand(str(image), variables)
 
 
