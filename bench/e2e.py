@@ -1,6 +1,6 @@
 """End to end: pushes through the real webhook endpoint, run by real runner processes.
 
-Everything is a real process on this machine: uvicorn (cicd.asgi, one process) takes signed
+Everything is a real process on this machine: uvicorn (cicd.asgi, as `make run` runs it) takes signed
 generic-format push deliveries; a Celery worker (2 processes, as `make run` starts it)
 fetches the git repository, reads its `.cicd.yml` and creates the run; 4 `manage.py runner`
 processes (shell executor; HTTP mode with registered runner tokens by default, `--e2e-mode
@@ -51,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.common import percentile
-from bench.webhooks import ROOT, _flush_broker, _free_port, _server_env, _wait_healthy
+from bench.webhooks import ROOT, _flush_broker, _free_port, _server_env, _wait_healthy, uvicorn_command
 
 RUNNERS = 4
 JOBS_PER_RUN = 10
@@ -314,7 +314,7 @@ def end_to_end(*, runs: int, latency_runs: int, mode: str = "http") -> tuple[lis
         )
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
-        uvicorn = [sys.executable, "-m", "uvicorn", "cicd.asgi:application", "--port", str(port)]
+        uvicorn = uvicorn_command(port)  # CONVEYOR_WEB_WORKERS processes, as `make run` starts it
         server = processes.start("server", [*uvicorn, "--log-level", "warning"], env)
         _wait_healthy(port, server)
         celery = [sys.executable, "-m", "celery", "-A", "cicd", "worker", "-Q", "default", "--concurrency", "2"]

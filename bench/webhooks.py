@@ -1,8 +1,11 @@
 """Webhook endpoint latency: bursts of concurrent signed deliveries against a real uvicorn server.
 
 The endpoint only verifies, stores and queues (the run is created by a Celery task later);
-this measures what a forge waits for. The server runs on the benchmark database, and its
-tasks go to a Redis database of their own, emptied afterwards (no worker consumes them).
+this measures what a forge waits for. The server runs as `make run` runs it (uvicorn with
+CONVEYOR_WEB_WORKERS processes) on the benchmark database, and its tasks go to a Redis
+database of their own, emptied afterwards (no worker consumes them). One burst before the
+clock warms the server up (imports, database connections, the broker connection), as a
+server that has been running for a while is.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
+import itertools
 import json
 import os
 import socket
@@ -19,6 +23,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from bench.common import BENCH_DB, summary_ms
@@ -72,6 +77,26 @@ def _wait_healthy(port: int, process: subprocess.Popen, timeout: float = 60.0) -
     raise RuntimeError("the web server did not become healthy")
 
 
+def web_workers() -> int:
+    from django.conf import settings
+
+    return settings.CONVEYOR_WEB_WORKERS
+
+
+def uvicorn_command(port: int) -> list[str]:
+    """The web server as `manage.py up` starts it: uvicorn with CONVEYOR_WEB_WORKERS processes."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "cicd.asgi:application",
+        "--port",
+        str(port),
+        "--workers",
+        str(web_workers()),
+    ]
+
+
 def _signed(secret: str, repository: str) -> tuple[bytes, dict[str, str]]:
     sha = uuid.uuid4().hex + uuid.uuid4().hex[:8]
     body = json.dumps({"ref": "refs/heads/main", "after": sha, "pusher": "bench", "repository": repository}).encode()
@@ -85,13 +110,15 @@ def _signed(secret: str, repository: str) -> tuple[bytes, dict[str, str]]:
 
 
 def webhook_latency(*, concurrency: int, rounds: int) -> dict[str, object]:
+    from django.utils import timezone
+
     from pipelines.models import Pipeline, Repository, WebhookDelivery
 
     repository, _ = Repository.objects.get_or_create(name="bench-hooks", defaults={"clone_url": "/nonexistent"})
     Pipeline.objects.get_or_create(repository=repository, name="default")
     WebhookDelivery.objects.filter(repository=repository).delete()
     port = _free_port()
-    command = [sys.executable, "-m", "uvicorn", "cicd.asgi:application", "--port", str(port), "--log-level", "warning"]
+    command = [*uvicorn_command(port), "--log-level", "warning"]
     server = subprocess.Popen(command, cwd=ROOT, env=_server_env())  # noqa: S603 (our own interpreter)
     try:
         _wait_healthy(port, server)
@@ -99,10 +126,11 @@ def webhook_latency(*, concurrency: int, rounds: int) -> dict[str, object]:
         statuses: dict[int, int] = {}
         lock = threading.Lock()
         path = f"/webhooks/generic/?repository={repository.name}"
+        clock: dict[str, Any] = {}
 
         def client(barrier: threading.Barrier) -> None:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            for _ in range(rounds):
+            for round_ in range(-1, rounds):  # round -1: the warm-up burst, not measured
                 body, headers = _signed(repository.webhook_secret, repository.name)
                 barrier.wait()  # every round is a burst of `concurrency` deliveries at once
                 started = time.perf_counter()
@@ -110,24 +138,31 @@ def webhook_latency(*, concurrency: int, rounds: int) -> dict[str, object]:
                 response = conn.getresponse()
                 response.read()
                 elapsed = time.perf_counter() - started
+                if round_ < 0:
+                    continue
                 with lock:
                     latencies.append(elapsed)
                     statuses[response.status] = statuses.get(response.status, 0) + 1
             conn.close()
 
-        barrier = threading.Barrier(concurrency)
+        trips = itertools.count(-1)
+
+        def start_clock() -> None:  # run once per burst, before its clients are let go
+            if next(trips) == 0:
+                clock["started"], clock["since"] = time.perf_counter(), timezone.now()
+
+        barrier = threading.Barrier(concurrency, action=start_clock)
         threads = [threading.Thread(target=client, args=(barrier,)) for _ in range(concurrency)]
-        started = time.perf_counter()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - clock["started"]
     finally:
         server.terminate()
         server.wait(timeout=30)
         _flush_broker()
-    stored = WebhookDelivery.objects.filter(repository=repository).count()
+    stored = WebhookDelivery.objects.filter(repository=repository, received_at__gte=clock["since"]).count()
     return {
         "deliveries": len(latencies),
         "concurrency": concurrency,

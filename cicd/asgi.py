@@ -10,14 +10,17 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 
 from cicd.routing import websocket_urlpatterns  # noqa: E402
-from pipelines.asgi import WebhookBodyLimit  # noqa: E402
+from pipelines.asgi import WebhookBodyLimit, WebhookEndpoint  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        # Webhook bodies over CONVEYOR_WEBHOOK_MAX_BYTES get 413 before Django buffers them.
-        "http": WebhookBodyLimit(django_asgi_app),
+        # Webhook bodies over CONVEYOR_WEBHOOK_MAX_BYTES get 413 before Django buffers them;
+        # webhooks are then served by Django in a pool of threads that keep their database
+        # connections (pipelines.asgi.WebhookEndpoint), everything else by Django's ASGI handler.
+        "http": WebhookBodyLimit(WebhookEndpoint(django_asgi_app, threads=settings.CONVEYOR_WEBHOOK_THREADS)),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -283,6 +283,12 @@ CONVEYOR_LOG_RENDER_MAX_BYTES = env_int("CONVEYOR_LOG_RENDER_MAX_BYTES", 2 * 102
 # --- Webhooks and triggers (pipelines/: webhooks, schedules, API runs, commit statuses).
 # Largest webhook body accepted: a bigger one gets 413, and no more than this is read.
 CONVEYOR_WEBHOOK_MAX_BYTES = env_int("CONVEYOR_WEBHOOK_MAX_BYTES", 5 * 1024 * 1024, minimum=1024)
+# Web server (uvicorn) processes that `manage.py up` (make run) and the benchmarks start: one
+# Python process runs on one core at a time, and webhook bursts need more than one.
+CONVEYOR_WEB_WORKERS = env_int("CONVEYOR_WEB_WORKERS", 2, minimum=1)
+# Threads per web server process that serve webhook requests (pipelines.asgi.WebhookEndpoint);
+# each keeps a database connection open (CONN_MAX_AGE), so this bounds a burst's connections.
+CONVEYOR_WEBHOOK_THREADS = env_int("CONVEYOR_WEBHOOK_THREADS", 4, minimum=1)
 # Processed deliveries are kept this long (the admin; recognizing redeliveries, which GitHub
 # allows for up to 7 days), then deleted by a daily task.
 CONVEYOR_WEBHOOK_RETENTION_DAYS = env_int("CONVEYOR_WEBHOOK_RETENTION_DAYS", 30, minimum=7)

@@ -4,6 +4,9 @@ Plain JSON views rather than DRF: it is a machine protocol, and the long-poll cl
 be an async view (under ASGI a blocking sync view would hold Django's shared thread).
 Every call but `register` carries `Authorization: Bearer <runner token>`; job calls are
 fenced: only the runner holding a RUNNING job may report on it.
+
+The job calls (heartbeat, step start/log/finish, finish, release) are async views too, but
+only to choose the thread their blocking work runs in (see `_dispatch`).
 """
 
 from __future__ import annotations
@@ -11,11 +14,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 from collections.abc import Callable
-from functools import wraps
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial, wraps
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.core.handlers.asgi import ASGIRequest
+from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -24,12 +31,21 @@ from logs.services import LogGap
 from runners import services
 from runners.models import Executor, Runner
 from runners.services import JobNotHeld, RunnerAuthError, StepNotFound
+from runs.services import run_follow_ups_collected
+
+logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_LONG_POLL_S = 30.0
 # Exit codes are stored in a 32-bit integer column; concurrency in a small one.
 EXIT_CODE_RANGE = range(-(2**31), 2**31)
 CONCURRENCY_RANGE = range(1, 2**15)
+# Threads per web server process that do the job calls' work under ASGI (see _dispatch). Each
+# keeps a database connection; the calls are short (a few queries each), so a few threads
+# serve many runners, and a burst waits its turn here rather than for new connections.
+JOB_CALL_THREADS = 8
+
+_job_call_pool = ThreadPoolExecutor(max_workers=JOB_CALL_THREADS, thread_name_prefix="runner-api")
 
 
 class BadRequest(Exception):
@@ -96,26 +112,80 @@ def _exit_code(data: dict[str, Any]) -> int | None:
     return exit_code
 
 
-def runner_endpoint(view: Callable) -> Callable:
+def _in_pool_thread(call: Callable[[], HttpResponse]) -> HttpResponse:
+    # What the request_started and request_finished signals do for a request's own thread:
+    # a connection past CONN_MAX_AGE, broken, or left in a failed transaction is closed (the
+    # next query reconnects); a sound one is kept for the next call.
+    close_old_connections()
+    try:
+        return call()
+    finally:
+        close_old_connections()
+
+
+def _run_follow_ups(follow_ups: list[Callable[[], None]]) -> None:
+    for follow_up in follow_ups:
+        try:
+            follow_up()
+        except Exception:  # the change is committed; the sweeps and viewers' backstops catch up
+            logger.exception("follow-up %r failed", follow_up)
+
+
+async def _dispatch(request: HttpRequest, call: Callable[[], HttpResponse]) -> HttpResponse:
+    """Run a job call's blocking work and return its response.
+
+    Under ASGI, Django runs a sync view in a thread made for the request, which opens a
+    database connection of its own and closes it at the end: that connection was most of
+    what a runner's report cost (about two thirds of a step start), and a job makes several.
+    Here the work runs in a fixed pool of long-lived threads that keep their connections
+    between calls (CONN_MAX_AGE and CONN_HEALTH_CHECKS apply). A sync caller (WSGI, the test
+    client) has a thread of its own waiting for this view: the work goes back to it, and to
+    its connection (and a test's transaction), as for any sync view.
+
+    The follow-ups a view leaves on its response (`response.follow_ups`, see finish) run once
+    the response is on its way, in the pool too.
+    """
+    if isinstance(request, ASGIRequest):
+        loop = asyncio.get_running_loop()
+        response = await loop.run_in_executor(_job_call_pool, _in_pool_thread, call)
+        follow_ups = getattr(response, "follow_ups", None)
+        if follow_ups:
+            # Not waited for: the response goes out while a pool thread runs them.
+            _job_call_pool.submit(_in_pool_thread, partial(_run_follow_ups, follow_ups))
+        return response
+    response = await sync_to_async(call)()
+    follow_ups = getattr(response, "follow_ups", None)
+    if follow_ups:
+        await sync_to_async(_run_follow_ups)(follow_ups)
+    return response
+
+
+def _job_call_answer(view: Callable, request: HttpRequest, args: tuple, kwargs: dict) -> HttpResponse:
     """Authenticate the runner, parse the body, map domain errors to status codes."""
+    try:
+        runner = services.runner_authenticate(token=_bearer(request))
+        return view(request, runner, _json_body(request), *args, **kwargs)
+    except RunnerAuthError as exc:
+        return _error(401, str(exc))
+    except BadRequest as exc:
+        return _error(exc.status, str(exc))
+    except JobNotHeld as exc:
+        return _error(409, str(exc), code="job_not_held")
+    except StepNotFound as exc:
+        return _error(404, str(exc))
+    except LogGap as exc:
+        return _error(409, str(exc), code="log_gap", expected_offset=exc.expected)
+
+
+def runner_endpoint(view: Callable) -> Callable:
+    """A job call: `view(request, runner, body, ...)` runs once the runner is authenticated
+    and the body parsed, in a thread chosen by _dispatch."""
 
     @csrf_exempt
     @require_POST
     @wraps(view)
-    def wrapper(request: HttpRequest, *args, **kwargs):
-        try:
-            runner = services.runner_authenticate(token=_bearer(request))
-            return view(request, runner, _json_body(request), *args, **kwargs)
-        except RunnerAuthError as exc:
-            return _error(401, str(exc))
-        except BadRequest as exc:
-            return _error(exc.status, str(exc))
-        except JobNotHeld as exc:
-            return _error(409, str(exc), code="job_not_held")
-        except StepNotFound as exc:
-            return _error(404, str(exc))
-        except LogGap as exc:
-            return _error(409, str(exc), code="log_gap", expected_offset=exc.expected)
+    async def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        return await _dispatch(request, partial(_job_call_answer, view, request, args, kwargs))
 
     return wrapper
 
@@ -187,6 +257,10 @@ async def request_job(request: HttpRequest) -> HttpResponse:
                 return HttpResponse(status=204)  # no body: h11 aborts a 204 with one
             if listener is None:
                 listener = await _async_listener()
+                # A job queued between the claim above and the LISTEN sent its NOTIFY before
+                # anyone here listened: claim once more before waiting, or it would wait for
+                # the next NOTIFY or the end of the long-poll (up to MAX_LONG_POLL_S).
+                continue
             try:
                 async for _ in listener.notifies(timeout=remaining, stop_after=1):
                     break
@@ -233,7 +307,7 @@ def step_finish(request: HttpRequest, runner: Runner, data: dict, job_id, step_i
 
 @csrf_exempt
 @require_POST
-def step_log(request: HttpRequest, job_id, step_id) -> JsonResponse:
+async def step_log(request: HttpRequest, job_id, step_id) -> HttpResponse:
     """Append a chunk to a step's log: {"offset": <UTF-8 byte offset>, "content": "..."}.
 
     Authenticated like every job call by the token of the runner holding the job, or by the
@@ -241,6 +315,10 @@ def step_log(request: HttpRequest, job_id, step_id) -> JsonResponse:
     Answers {"next_offset": N}: for a new chunk and for a resent one alike. A gap or an
     overlap is a 409 with code "log_gap" and "expected_offset": where to resend from.
     """
+    return await _dispatch(request, partial(_step_log_answer, request, job_id, step_id))
+
+
+def _step_log_answer(request: HttpRequest, job_id, step_id) -> JsonResponse:
     token = _bearer(request)
     try:
         auth: dict[str, Any] = {"job_token": token}
@@ -269,17 +347,23 @@ def step_log(request: HttpRequest, job_id, step_id) -> JsonResponse:
 @runner_endpoint
 def finish(request: HttpRequest, runner: Runner, data: dict, job_id) -> JsonResponse:
     exit_code = _exit_code(data)
-    try:
-        services.job_complete(
-            job_id=job_id,
-            runner=runner,
-            status=_field(data, "status", str),
-            exit_code=exit_code,
-            reason=_field(data, "reason", str, "")[:500],
-        )
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from None
-    return JsonResponse({})
+    # The job's end is committed (and the jobs it unblocks queued, their runners woken) before
+    # the answer; what follows the run's change (its viewers' events, commit status,
+    # notifications) is no part of it: the runner, free for its next job, need not wait.
+    with run_follow_ups_collected() as follow_ups:
+        try:
+            services.job_complete(
+                job_id=job_id,
+                runner=runner,
+                status=_field(data, "status", str),
+                exit_code=exit_code,
+                reason=_field(data, "reason", str, "")[:500],
+            )
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+    response = JsonResponse({})
+    response.follow_ups = follow_ups
+    return response
 
 
 @runner_endpoint

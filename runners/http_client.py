@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import requests
 
+from runners.artifacts import HttpArtifacts
 from runners.executors.base import JobResult
 from runners.services import ClaimedJob, ClaimedStep
 
@@ -16,6 +19,10 @@ logger = logging.getLogger(__name__)
 
 _TIMEOUT = (5, 60)  # connect, read
 _LONG_POLL_S = 25
+# Sessions (each with its kept-alive connection) a finished thread leaves for the next one.
+_IDLE_SESSIONS = 8
+# Jobs whose artifact lists are held (prefetched and not used yet) at most.
+_PREFETCHED_JOBS = 64
 
 
 class RunnerApiError(Exception):
@@ -31,14 +38,21 @@ class RunnerApiClient:
         self.base = url.rstrip("/") + "/api/runner/"
         self.token = token
         self._local = threading.local()  # a Session is not thread-safe: one per thread
+        # Every job runs in a thread of its own: a session is handed on to the next thread
+        # rather than closed, so that a job's calls reuse a connection the server has open.
+        self._idle: list[requests.Session] = []
+        self._idle_lock = threading.Lock()
 
     @property
     def session(self) -> requests.Session:
         if not hasattr(self._local, "session"):
-            session = requests.Session()
-            # Jobs must never see this token; it lives only in this process's memory.
-            if self.token:
-                session.headers["Authorization"] = f"Bearer {self.token}"
+            with self._idle_lock:
+                session = self._idle.pop() if self._idle else None
+            if session is None:
+                session = requests.Session()
+                # Jobs must never see this token; it lives only in this process's memory.
+                if self.token:
+                    session.headers["Authorization"] = f"Bearer {self.token}"
             self._local.session = session
         return self._local.session
 
@@ -81,9 +95,16 @@ class RunnerApiClient:
         return data["id"], data["token"]
 
     def close(self) -> None:
-        if hasattr(self._local, "session"):
-            self._local.session.close()
-            del self._local.session
+        """This thread is done with its session: kept for the next thread (a few), else closed."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            return
+        del self._local.session
+        with self._idle_lock:
+            if len(self._idle) < _IDLE_SESSIONS:
+                self._idle.append(session)
+                return
+        session.close()
 
 
 def _detail(response: requests.Response) -> str:
@@ -109,13 +130,37 @@ class HttpBackend:
     def __init__(self, *, url: str, token: str):
         self.client = RunnerApiClient(url, token)
         self._pending: ClaimedJob | None = None
+        # A claimed job's artifact lists (what it depends on, their images), asked for as soon
+        # as it is claimed: by the time its checkout is done they are in (see _Prefetched).
+        self._prefetch = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prefetch")
+        self._prefetched: OrderedDict[str, dict[str, Future]] = OrderedDict()
+        self._prefetched_lock = threading.Lock()
 
     @property
     def artifacts(self):
         """Artifact transfers of this runner's jobs (runners.artifacts)."""
-        from runners.artifacts import HttpArtifacts
+        return _Prefetched(self.client, self)
 
-        return HttpArtifacts(self.client)
+    def _start_prefetch(self, job: ClaimedJob) -> None:
+        # Both lists are of jobs that have finished (a job is queued once what it needs has):
+        # asked for now or after the checkout, the answer is the same.
+        transport = HttpArtifacts(self.client)
+        calls = {"dependencies": transport.dependencies, "images": transport.images}
+        futures = {name: self._prefetch.submit(call, job) for name, call in calls.items()}
+        with self._prefetched_lock:
+            self._prefetched[job.id] = futures
+            while len(self._prefetched) > _PREFETCHED_JOBS:
+                self._prefetched.popitem(last=False)
+
+    def take_prefetched(self, job: ClaimedJob, name: str) -> Future | None:
+        """The prefetched answer of `name` for the job, once (None: ask the server)."""
+        with self._prefetched_lock:
+            futures = self._prefetched.get(job.id)
+            return futures.pop(name, None) if futures else None
+
+    def _forget_prefetched(self, job: ClaimedJob) -> None:
+        with self._prefetched_lock:
+            self._prefetched.pop(job.id, None)
 
     def _check(self, response: requests.Response, what: str) -> None:
         if response.status_code == 401:
@@ -134,7 +179,9 @@ class HttpBackend:
         if response.status_code == 204:
             return None
         self._check(response, "claim")
-        return _job_from_json(response.json())
+        job = _job_from_json(response.json())
+        self._start_prefetch(job)
+        return job
 
     def wait_for_work(self, timeout: float) -> None:
         # A long-poll: the server answers as soon as a job is queued. A job it hands us
@@ -188,15 +235,45 @@ class HttpBackend:
             self._check(response, "step finish")
 
     def complete(self, job: ClaimedJob, result: JobResult) -> None:
+        self._forget_prefetched(job)
         body = {"status": result.status, "exit_code": result.exit_code, "reason": result.reason}
         response = self._job_call(f"jobs/{job.id}/finish", body, "finish")
         if response is not None:
             self._check(response, "finish")
 
     def release(self, job: ClaimedJob, reason: str) -> None:
+        self._forget_prefetched(job)
         response = self._job_call(f"jobs/{job.id}/release", {"reason": reason}, "release")
         if response is not None:
             self._check(response, "release")
 
     def close_thread(self) -> None:
         self.client.close()
+
+
+class _Prefetched(HttpArtifacts):
+    """HttpArtifacts that answers the artifact lists from the prefetch, when it has them. A
+    prefetch that failed (the server away, the job taken away) is asked again here, with the
+    caller's retries and errors, as if there had been none."""
+
+    def __init__(self, client: RunnerApiClient, backend: HttpBackend):
+        super().__init__(client)
+        self.backend = backend
+
+    def _take(self, job: ClaimedJob, name: str) -> Any:
+        future = self.backend.take_prefetched(job, name)
+        if future is None:
+            return None
+        try:
+            return future.result()
+        except Exception as exc:
+            logger.info("prefetched %s of job %s failed (%s); asking again", name, job.id, exc)
+            return None
+
+    def dependencies(self, job):
+        found = self._take(job, "dependencies")
+        return found if found is not None else super().dependencies(job)
+
+    def images(self, job):
+        found = self._take(job, "images")
+        return found if found is not None else super().images(job)

@@ -41,6 +41,9 @@ class Backend(Reporter, Protocol):
 class Executor(Protocol):
     def run(self, job: ClaimedJob, stop: threading.Event) -> JobResult: ...
 
+    # Optional: `cleanup(job)`, what is left to do once the job is reported (the shell
+    # executor removes the workspace there), so that the report does not wait for it.
+
 
 # Errors worth a retry with backoff: the database or the server is away for a moment.
 def _transient_errors() -> tuple[type[BaseException], ...]:
@@ -99,6 +102,8 @@ class _Running:
     released: bool = False
     # Set once the final report is in: a heartbeat racing it would only hear "not held".
     finished: bool = False
+    # Set as its thread ends (reported, cleaned up): the slot is free for the next job.
+    done: bool = False
 
 
 class RunnerLoop:
@@ -125,11 +130,15 @@ class RunnerLoop:
         self.token_refused = False  # the server refused our token: stop, and say so
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
+        # Set when a job's thread ends (or on a stop signal): wakes the loop waiting for a slot,
+        # so that the next claim follows a job's end at once rather than at the next poll.
+        self._slot_freed = threading.Event()
 
     def install_signal_handlers(self) -> None:
         def stop(signum, _frame):
             logger.info("received %s: no new claims; finishing running jobs", signal.Signals(signum).name)
             self.stopping.set()
+            self._slot_freed.set()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
@@ -142,7 +151,8 @@ class RunnerLoop:
             if self.max_jobs is not None and self.claimed >= self.max_jobs:
                 break
             if self._free_slots() == 0:
-                self.stopping.wait(0.05)
+                self._slot_freed.wait(0.5)
+                self._slot_freed.clear()  # a slot freed meanwhile is counted by _free_slots anyway
                 continue
             try:
                 job = self.backend.claim()
@@ -175,7 +185,7 @@ class RunnerLoop:
 
     def _free_slots(self) -> int:
         with self._lock:
-            self._running = {k: r for k, r in self._running.items() if r.thread.is_alive()}
+            self._running = {k: r for k, r in self._running.items() if not r.done and r.thread.is_alive()}
             return self.concurrency - len(self._running)
 
     def _active(self) -> list[_Running]:
@@ -205,7 +215,23 @@ class RunnerLoop:
             running.finished = True
             logger.info("job %s finished: %s %s", job.name, result.status, result.reason)
         finally:
-            self.backend.close_thread()
+            # After the report: the next job of the run need not wait for it. The slot stays
+            # taken until it is done, so workspaces never pile up beyond the concurrency.
+            try:
+                self._cleanup(job)
+                self.backend.close_thread()
+            finally:
+                running.done = True
+                self._slot_freed.set()
+
+    def _cleanup(self, job: ClaimedJob) -> None:
+        cleanup = getattr(self.executor, "cleanup", None)
+        if cleanup is None:
+            return
+        try:
+            cleanup(job)
+        except Exception:  # never kill the runner; a workspace left behind goes at the next start
+            logger.exception("cleanup after job %s failed", job.id)
 
     def _report_with_retry(self, call, what: str) -> None:
         try:

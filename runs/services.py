@@ -19,9 +19,11 @@ marked `retried` and leaves the DAG. Its steps, logs and artifacts stay as the r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -341,8 +343,29 @@ def _after_commit_run_changed(run_id: Any) -> None:
             logger.exception("%s of run %s failed", follow_up.__name__, run_id)
 
 
+# Set by run_follow_ups_collected: where the follow-ups of committed run changes go instead.
+_collected_follow_ups: ContextVar[list[Callable[[], None]] | None] = ContextVar("_collected_follow_ups", default=None)
+
+
 def _on_commit_run_changed(run_id: Any) -> None:
-    transaction.on_commit(partial(_after_commit_run_changed, run_id))
+    follow_up = partial(_after_commit_run_changed, run_id)
+    collected = _collected_follow_ups.get()
+    transaction.on_commit(follow_up if collected is None else partial(collected.append, follow_up))
+
+
+@contextlib.contextmanager
+def run_follow_ups_collected() -> Iterator[list[Callable[[], None]]]:
+    """Within the block, what follows a committed change of a run (events to its viewers,
+    commit status, notifications, deployments: _after_commit_run_changed) is not run at
+    commit but put, at commit, in the yielded list, for the caller to run once it has
+    answered its client (the runner API's job finish: the runner need not wait for them).
+    A rolled-back change still puts nothing there. The caller must run every one."""
+    collected: list[Callable[[], None]] = []
+    token = _collected_follow_ups.set(collected)
+    try:
+        yield collected
+    finally:
+        _collected_follow_ups.reset(token)
 
 
 def _notify_queue() -> None:

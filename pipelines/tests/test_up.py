@@ -27,7 +27,7 @@ MANAGE = str(Path(settings.BASE_DIR) / "manage.py")
 
 def test_web_worker_and_beat_are_started_with_the_database_scheduler(monkeypatch) -> None:
     monkeypatch.setattr(up, "get_commands", lambda: {"migrate": "django.core"})
-    processes = up.build_processes(host=ANY_ADDRESS, port=9000, concurrency=2, celery_loglevel="info")
+    processes = up.build_processes(host=ANY_ADDRESS, port=9000, concurrency=2, celery_loglevel="info", web_workers=3)
     specs = {spec.name: spec.argv for spec in processes}
     assert list(specs) == ["web", "worker", "beat"]
     assert specs["web"][1:] == [
@@ -40,6 +40,8 @@ def test_web_worker_and_beat_are_started_with_the_database_scheduler(monkeypatch
         "9000",
         "--lifespan",
         "off",
+        "--workers",
+        "3",
     ]
     worker = specs["worker"]
     assert worker[worker.index("--concurrency") + 1] == "2"
@@ -84,6 +86,13 @@ def test_an_explicit_base_url_is_kept(monkeypatch) -> None:
 )
 def test_url_host(host: str, expected: str) -> None:
     assert up.url_host(host) == expected
+
+
+def test_up_refuses_fewer_than_one_web_worker() -> None:
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="--web-workers must be at least 1"):
+        call_command("up", "--port", str(_free_port()), "--web-workers", "0")
 
 
 def test_up_refuses_a_port_that_is_taken() -> None:

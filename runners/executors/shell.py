@@ -3,12 +3,20 @@
 Script lines run one per process (each is a Step with its own exit code and log), but
 they behave like one shell session as in GitLab: the working directory and exported
 variables carry over from line to line through a small state file.
+
+The checkout takes its objects from a cache of the host (`GitCache`), so that a commit is
+fetched once per host rather than once per job. A workspace is locked while its job runs
+and removed once the job is reported (`cleanup`); one whose runner died is removed by the
+next runner that starts on the host (`sweep_workspaces`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import os
+import re
 import selectors
 import shlex
 import shutil
@@ -18,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pipelines.git import GitError, run_git
@@ -29,6 +38,13 @@ from runs.models import StepKind, StepStatus
 
 _KILL_GRACE_S = 2.0
 _DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+# A workspace nobody holds the lock of is a dead runner's, once it is this old (younger ones
+# may be between their creation and their lock).
+_ORPHAN_MIN_AGE_S = 60.0
+_COMMIT_SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+# The cache fetches commits by their sha, so nothing references them: git must never prune
+# them (gc, or maintenance in newer versions) while a workspace borrows them.
+_NO_PRUNING = ("-c", "gc.auto=0", "-c", "maintenance.auto=false")
 
 # The guardian (see ProcessGroupGuardian): it reads "+<pgid> <start>" / "-<pgid>" lines from
 # the runner and, once its stdin ends (the runner exited, however it died, SIGKILL included),
@@ -127,17 +143,126 @@ class ProcessGroupGuardian:
                 self._send(f"-{pgid}\n")
 
 
+class GitCache:
+    """The objects of the commits the host's jobs checked out: one bare repository per clone
+    URL (named by its hash, so no credentials show in a path), shared by the runners of the
+    host. A job's checkout borrows its objects (`objects/info/alternates`) instead of
+    fetching them: init, remote add and checkout, three light processes, where a fetch
+    per job costs several (fetch, upload-pack, pack-objects, index-pack) and a round trip
+    to the server. Fetches are shallow, as a job's own fetch was; the repository's
+    `shallow` file goes with each checkout, so that history ends there, as in a shallow clone.
+
+    The clone URL is never stored here (fetched by URL, without FETCH_HEAD): a URL with
+    credentials stays in the job's own workspace, as before. Safe to delete while no runner
+    of the host runs."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def repository(self, clone_url: str) -> Path:
+        return self.root / f"{hashlib.sha256(clone_url.encode()).hexdigest()[:32]}.git"
+
+    @contextlib.contextmanager
+    def _locked(self, repository: Path):
+        # Runners of one host (processes, and jobs of one runner) fetch into a repository one
+        # at a time; checkouts only read it.
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(f"{repository}.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def fetch(self, clone_url: str, sha: str) -> Path:
+        """Make sure the cache has the commit; returns the repository. Raises GitError."""
+        repository = self.repository(clone_url)
+        with self._locked(repository):
+            if not (repository / "HEAD").exists():
+                run_git("init", "--quiet", "--bare", "--template=", str(repository))
+            present = run_git("-C", str(repository), "cat-file", "-e", f"{sha}^{{commit}}", check=False)
+            if present.returncode == 0:
+                return repository
+            fetch = (*_NO_PRUNING, "-C", str(repository), "fetch", "--quiet", "--no-tags", "--no-write-fetch-head")
+            fetched = run_git(*fetch, "--depth", "1", clone_url, sha, check=False)
+            if fetched.returncode != 0:
+                # Servers that refuse fetching by sha: fetch every branch and tag, then the
+                # checkout picks the commit.
+                run_git(*fetch, clone_url, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
+        return repository
+
+    def lend(self, repository: Path, git_dir: Path) -> None:
+        """Let the repository at `git_dir` read the cache's objects (and its shallow boundary)."""
+        (git_dir / "objects" / "info").mkdir(parents=True, exist_ok=True)
+        (git_dir / "objects" / "info" / "alternates").write_text(f"{(repository / 'objects').resolve()}\n")
+        shallow = repository / "shallow"
+        if shallow.exists():
+            shutil.copyfile(shallow, git_dir / "shallow")
+
+
+def _config_value(value: str) -> str:
+    """`value` quoted for a git config file: inside double quotes only `"` and `\\` are
+    escaped (`#` and `;` are plain there); a line break cannot be written at all."""
+    if any(ord(char) < 0x20 and char != "\t" for char in value):
+        raise GitError(f"invalid clone URL {value!r}")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _lock_workspace(workspace: Path) -> int:
+    """Hold an exclusive lock on the workspace for as long as the returned descriptor is open:
+    the kernel drops it when the runner exits, however it dies, which tells its workspaces
+    from a live runner's. (Not inherited by the job's processes: Python opens it CLOEXEC.)"""
+    fd = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def sweep_workspaces(builds_dir: Path, *, min_age_s: float = _ORPHAN_MIN_AGE_S) -> int:
+    """Remove the workspaces under `builds_dir` whose runner died (nobody holds their lock).
+    Returns how many were removed."""
+    removed = 0
+    try:
+        entries = list(os.scandir(builds_dir))
+    except FileNotFoundError:
+        return 0
+    now = time.time()
+    for entry in entries:
+        try:
+            if not entry.is_dir(follow_symlinks=False) or now - entry.stat().st_mtime < min_age_s:
+                continue
+            fd = _lock_workspace(Path(entry.path))
+        except OSError:
+            continue  # in use (locked), or gone meanwhile
+        try:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed += 1
+        finally:
+            os.close(fd)
+    return removed
+
+
 class ShellExecutor:
     def __init__(self, *, reporter: Reporter, builds_dir: Path | None = None, keep_workspace: bool = False):
         self.reporter = reporter
         self.builds_dir = Path(builds_dir or tempfile.gettempdir()) / "conveyor-builds"
         self.keep_workspace = keep_workspace
+        self.git_cache = GitCache(self.builds_dir.parent / "conveyor-git")
         self.guardian = ProcessGroupGuardian()
         self._job_groups: dict[str, list[tuple[int, str]]] = {}
+        self._workspaces: dict[str, tuple[Path, int]] = {}
+        # Reports sent while the job's thread goes on (the checkout's first log line). Long-lived
+        # threads: an HTTP backend's connections (one per thread) are kept alive between jobs.
+        self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shell-reports")
+        # What a runner that died (killed, the host rebooted) left behind goes when the next starts.
+        sweep_workspaces(self.builds_dir)
 
     def run(self, job: ClaimedJob, stop: threading.Event) -> JobResult:
+        """Run the job in a fresh workspace. The workspace stays (locked) until cleanup(job):
+        removing it is no part of the job, and its report need not wait for it."""
         self.builds_dir.mkdir(parents=True, exist_ok=True)
         workspace = Path(tempfile.mkdtemp(prefix=f"{job.id}-", dir=self.builds_dir))
+        self._workspaces[job.id] = (workspace, _lock_workspace(workspace))
         self._job_groups[job.id] = []
         try:
             return self._run_in(workspace, job, stop)
@@ -147,8 +272,20 @@ class ShellExecutor:
             for pgid, start in self._job_groups.pop(job.id, []):
                 _kill_group_if_ours(pgid, start)
                 self.guardian.unregister(pgid)
-            if not self.keep_workspace:
-                shutil.rmtree(workspace, ignore_errors=True)
+
+    def cleanup(self, job: ClaimedJob) -> None:
+        """Remove the job's workspace (the runner calls it once the job is reported). With
+        keep_workspace it stays, locked while this executor lives."""
+        if self.keep_workspace:
+            return
+        held = self._workspaces.pop(job.id, None)
+        if held is None:
+            return
+        workspace, fd = held
+        try:
+            shutil.rmtree(workspace, ignore_errors=True)
+        finally:
+            os.close(fd)
 
     def _run_in(self, workspace: Path, job: ClaimedJob, stop: threading.Event) -> JobResult:
         project = workspace / "src"
@@ -221,27 +358,47 @@ class ShellExecutor:
         return env
 
     def _checkout(self, job: ClaimedJob, project: Path, first_step: ClaimedStep) -> tuple[str, int]:
-        """Fetch exactly the job's commit. Its output goes at the head of the first step's log.
+        """Check out exactly the job's commit. Its output goes at the head of the first step's log.
 
         Returns (error message or "", the log offset the first step continues at)."""
         log = LogStream(self.reporter, job, first_step)
         log.write(f"Fetching {job.commit_sha[:12]} ({job.ref}) into {project}\n")
+        # The first line is shipped while git works: the round trip is no longer in its way.
+        # (LogStream sends in order: the final flush waits for this one.)
+        shipping = self._background.submit(log.flush)
+        error = ""
         try:
-            run_git("init", "--quiet", str(project))
-            run_git("-C", str(project), "remote", "add", "origin", job.clone_url)
-            fetched = run_git(
-                "-C", str(project), "fetch", "--quiet", "--depth", "1", "origin", job.commit_sha, check=False
-            )
-            if fetched.returncode != 0:
-                # Servers that refuse fetching by sha: fetch everything, then pick the commit.
-                run_git("-C", str(project), "fetch", "--quiet", "origin")
-            run_git("-C", str(project), "checkout", "--quiet", "--detach", job.commit_sha)
+            self._git_checkout(job, project)
         except GitError as exc:
+            error = f"checkout failed: {exc}"
             log.write(f"Checkout failed: {exc}\n")
-            log.flush(final=True)
-            return f"checkout failed: {exc}", log.offset
+        shipping.result()
         log.flush(final=True)
-        return "", log.offset
+        return error, log.offset
+
+    def _git_checkout(self, job: ClaimedJob, project: Path) -> None:
+        if not _COMMIT_SHA.match(job.commit_sha):
+            raise GitError(f"invalid commit {job.commit_sha!r}")
+        if job.clone_url.startswith("-"):
+            raise GitError(f"invalid clone URL {job.clone_url!r}")
+        # No template (sample hooks, description): a job needs none of it, and copying it made
+        # `git init` the slowest part of a checkout.
+        run_git("init", "--quiet", "--template=", str(project))
+        # origin is the repository, as in a clone; the cache is only where objects come from.
+        # Written here rather than by `git remote add`: one process less per job.
+        with (project / ".git" / "config").open("a") as config:
+            config.write(f'[remote "origin"]\n\turl = {_config_value(job.clone_url)}\n')
+            config.write("\tfetch = +refs/heads/*:refs/remotes/origin/*\n")
+        repository = self.git_cache.repository(job.clone_url)
+        checkout = ("-C", str(project), "checkout", "--quiet", "--detach", job.commit_sha)
+        if (repository / "HEAD").exists():
+            # Cached already (the usual case): no lock, no fetch, no round trip.
+            self.git_cache.lend(repository, project / ".git")
+            if run_git(*checkout, check=False).returncode == 0:
+                return
+        repository = self.git_cache.fetch(job.clone_url, job.commit_sha)
+        self.git_cache.lend(repository, project / ".git")
+        run_git(*checkout)
 
     def _script(self, command: str, state: Path, project: Path) -> str:
         env_file, cwd_file = shlex.quote(str(state / "env")), shlex.quote(str(state / "cwd"))

@@ -543,3 +543,81 @@ def test_a_claim_without_wait_answers_at_once(holder, held_job):
     assert second.status_code == 200
     third = long_poll(token, wait=0).result(timeout=20)
     assert third.status_code == 204
+
+
+# --- Under ASGI (the async test client): the job calls' work runs in the pool of runners.api.
+
+
+@pytest.fixture
+def pool_connections_closed(monkeypatch):
+    """The pool's threads close their connection after each call (as with CONN_MAX_AGE 0), so
+    none outlives the test and keeps the test database from being dropped."""
+    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_whole_job_reported_over_asgi_is_stored_as_over_the_test_client(holder, held_job, pool_connections_closed):
+    _, token = holder
+    step = held_job.steps[0]
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def call(path: str, body: dict):
+        return AsyncPost(f"jobs/{held_job.id}/{path}", json.dumps(body), headers).result(timeout=20)
+
+    assert call("heartbeat", {}).json() == {"continue": True}
+    assert call(f"steps/{step.id}/start", {}).status_code == 200
+    assert call(f"steps/{step.id}/log", {"offset": 0, "content": "hi\n"}).json() == {"next_offset": 3}
+    assert call(f"steps/{step.id}/finish", {"status": "SUCCESS", "exit_code": 0}).status_code == 200
+    assert call("finish", {"status": "SUCCESS", "exit_code": 0}).status_code == 200
+    assert call("finish", {"status": "SUCCESS", "exit_code": 0}).json()["code"] == "job_not_held"
+
+    assert Job.objects.get(pk=held_job.id).status == JobStatus.SUCCESS
+    assert Step.objects.values_list("status", "exit_code").get(pk=step.id) == (StepStatus.SUCCESS, 0)
+    assert list(StepLog.objects.filter(step_id=step.id).values_list("content", flat=True)) == ["hi\n"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_finish_is_answered_before_its_runs_follow_ups_which_still_run(
+    holder, held_job, pool_connections_closed, monkeypatch
+):
+    _, token = holder
+    release, done = threading.Event(), threading.Event()
+
+    def slow_follow_up(run_id):  # events, commit status, notifications (runs.services)
+        release.wait(20)
+        done.set()
+
+    monkeypatch.setattr("runs.services._after_commit_run_changed", slow_follow_up)
+    body = json.dumps({"status": "SUCCESS", "exit_code": 0})
+
+    response = AsyncPost(f"jobs/{held_job.id}/finish", body, {"Authorization": f"Bearer {token}"}).result(timeout=10)
+
+    assert response.status_code == 200
+    assert Job.objects.get(pk=held_job.id).status == JobStatus.SUCCESS
+    assert not done.is_set()
+    release.set()
+    assert done.wait(10), "the run's follow-ups never ran"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_queued_while_the_long_poll_sets_up_its_listen_is_handed_over_at_once(holder, monkeypatch):
+    from asgiref.sync import sync_to_async
+
+    from runners import api
+
+    runner, token = holder
+    listen = api._async_listener
+    queued = []
+
+    async def listen_after_a_job_was_queued():
+        # The race: the job (and its NOTIFY) lands after the first claim found nothing, and
+        # before LISTEN is in place.
+        queued.append(await sync_to_async(create_run, thread_sensitive=False)(job("compile", "build", script=["make"])))
+        return await listen()
+
+    monkeypatch.setattr(api, "_async_listener", listen_after_a_job_was_queued)
+
+    response = long_poll(token, wait=20).result(timeout=10)
+
+    assert response.status_code == 200, "the job waited for the next NOTIFY or the end of the long-poll"
+    assert response.json()["id"] == str(current_job(queued[0], "compile").pk)

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import time
 
 import pytest
 
-from runners.executors.shell import ShellExecutor
+from runners.executors.shell import ShellExecutor, _lock_workspace
 from runners.tests.recording import RecordingReporter, claimed_job
 
 
@@ -108,9 +110,106 @@ def test_cancel_kills_a_running_sleep_and_its_children(executor, reporter, repo,
     assert not marker.exists(), "a child of the cancelled step outlived the cancel"
 
 
-def test_the_workspace_is_removed_afterwards(executor, repo, tmp_path):
-    run(executor, repo, [("script", "touch left-behind")])
-    assert list((tmp_path / "builds" / "conveyor-builds").iterdir()) == []
+def test_the_workspace_stays_until_the_job_is_cleaned_up_and_is_removed_then(executor, repo, tmp_path):
+    path, sha = repo
+    job = claimed_job(clone_url=str(path), commit_sha=sha, steps=[("script", "touch left-behind")])
+    builds = tmp_path / "builds" / "conveyor-builds"
+
+    assert executor.run(job, threading.Event()).status == "SUCCESS"
+    [workspace] = builds.iterdir()
+    assert (workspace / "src" / "left-behind").exists()
+
+    executor.cleanup(job)
+    assert list(builds.iterdir()) == []
+    executor.cleanup(job)  # twice: nothing left to do
+
+
+def _aged(path, seconds: float = 3600) -> None:
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+
+
+def test_a_workspace_whose_runner_died_is_removed_when_the_next_runner_starts(reporter, tmp_path):
+    builds = tmp_path / "builds" / "conveyor-builds"
+    dead = builds / "job-of-a-dead-runner"
+    (dead / "src").mkdir(parents=True)
+    _aged(dead)
+    live = builds / "job-of-a-live-runner"
+    (live / "src").mkdir(parents=True)
+    _aged(live)
+    held = _lock_workspace(live)  # what a live runner holds while its job runs
+    just_made = builds / "job-not-locked-yet"
+    just_made.mkdir()
+    try:
+        ShellExecutor(reporter=reporter, builds_dir=tmp_path / "builds")
+
+        assert not dead.exists()
+        assert live.exists(), "the workspace of a running job was removed"
+        assert just_made.exists(), "a workspace between its creation and its lock was removed"
+    finally:
+        os.close(held)
+
+
+def _git(*args: str, cwd) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_a_commit_checked_out_before_on_the_host_is_not_fetched_again(reporter, make_git_repo, tmp_path):
+    path, sha = make_git_repo({"hello.txt": "cached\n"})
+    first = ShellExecutor(reporter=reporter, builds_dir=tmp_path / "builds")
+    assert run(first, (path, sha), [("script", "true")]).status == "SUCCESS"
+    path.rename(tmp_path / "repository-gone")  # a fetch would fail now
+
+    # Another runner of the host (another executor on the same builds directory).
+    second = ShellExecutor(reporter=RecordingReporter(), builds_dir=tmp_path / "builds")
+    result = run(second, (path, sha), [("script", "cat hello.txt")])
+
+    assert result.status == "SUCCESS", result.reason
+    assert "cached" in second.reporter.log_of("s0")
+
+
+def test_a_new_commit_is_fetched_and_checked_out_exactly(executor, reporter, make_git_repo):
+    path, old = make_git_repo({"hello.txt": "old\n"})
+    assert run(executor, (path, old), [("script", "true")]).status == "SUCCESS"
+    path, new = make_git_repo({"hello.txt": "new\n"}, path=path, message="second")
+    executor.reporter = reporter = RecordingReporter()
+
+    result = run(executor, (path, new), [("script", "cat hello.txt; git rev-parse HEAD; git status --porcelain")])
+
+    assert result.status == "SUCCESS", result.reason
+    assert reporter.log_of("s0").splitlines()[-2:] == ["new", new], "not the commit, or not a clean tree"
+
+
+def test_the_checkout_is_a_shallow_clone_whose_origin_is_the_repository(executor, reporter, make_git_repo):
+    path, _ = make_git_repo({"a.txt": "1\n"})
+    path, sha = make_git_repo({"a.txt": "2\n"}, path=path, message="second")
+
+    result = run(
+        executor,
+        (path, sha),
+        [("script", "git log --format=%H | wc -l; git remote get-url origin; git fsck --no-dangling >/dev/null")],
+    )
+
+    assert result.status == "SUCCESS", result.reason
+    assert reporter.log_of("s0").splitlines()[-2:] == ["1", str(path)]
+
+
+def test_the_host_cache_keeps_no_clone_url(executor, make_git_repo, tmp_path):
+    path, sha = make_git_repo({"a.txt": "1\n"})
+    url = f"file://{path}"
+    assert run(executor, (url, sha), [("script", "true")]).status == "SUCCESS"
+
+    cache = tmp_path / "builds" / "conveyor-git"
+    stored = [p for p in cache.rglob("*") if p.is_file() and str(path).encode() in p.read_bytes()]
+    assert stored == [], "the clone URL (which may hold credentials) was written to the host cache"
+
+
+def test_an_invalid_commit_fails_the_checkout_without_running_git_on_it(executor, reporter, repo):
+    path, _ = repo
+    result = run(executor, (path, "--upload-pack=touch /tmp/pwned"), [("script", "true")])
+
+    assert result.status == "FAILURE"
+    assert "invalid commit" in result.reason
 
 
 def test_an_unreachable_repository_fails_the_job_with_the_reason(executor, reporter, tmp_path):
@@ -128,3 +227,24 @@ def test_output_in_many_small_writes_arrives_whole_and_in_order(executor, report
     log = reporter.log_of("s0")
     assert result.status == "SUCCESS"
     assert [line for line in log.splitlines() if line.startswith("line-")] == [f"line-{i}" for i in range(1, 2001)]
+
+
+def test_a_clone_url_with_quotes_backslashes_and_comment_characters_is_origin_verbatim(
+    executor, reporter, make_git_repo, tmp_path
+):
+    odd = tmp_path / 'a "quoted" \\ dir #not-a-comment ;nor-this'
+    odd.mkdir()
+    path, sha = make_git_repo({"a.txt": "1\n"}, path=odd)
+
+    result = run(executor, (path, sha), [("script", "git remote get-url origin; cat a.txt")])
+
+    assert result.status == "SUCCESS", result.reason
+    assert reporter.log_of("s0").splitlines()[-2:] == [str(odd), "1"]
+
+
+def test_a_clone_url_with_a_line_break_fails_the_checkout(executor, reporter, repo):
+    path, sha = repo
+    result = run(executor, (f"{path}\n[core]\n\tfsmonitor = touch /tmp/pwned", sha), [("script", "true")])
+
+    assert result.status == "FAILURE"
+    assert "invalid clone URL" in result.reason

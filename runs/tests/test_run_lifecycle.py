@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -479,3 +479,47 @@ def test_queueing_a_job_sends_a_notify_and_schedules_the_run_hook(django_capture
     with CaptureQueriesContext(connection) as ctx:
         create_run(job("approve", "build", when="manual"))
     assert not any("pg_notify" in q["sql"] for q in ctx.captured_queries)
+
+
+@pytest.mark.django_db
+def test_a_finish_within_run_follow_ups_collected_hands_its_follow_ups_to_the_caller(
+    monkeypatch, django_capture_on_commit_callbacks
+) -> None:
+    import runs.services
+
+    ran = []
+    monkeypatch.setattr(runs.services, "_after_commit_run_changed", ran.append)
+    run = create_run(job("build", "build"))
+    target = current_job(run, "build")
+    assert job_start(job=target, runner=None, lease_seconds=60)
+    ran.clear()
+
+    with runs.services.run_follow_ups_collected() as follow_ups, django_capture_on_commit_callbacks(execute=True):
+        assert job_finish(job_id=target.pk, status=JobStatus.SUCCESS, exit_code=0)
+
+    assert ran == [], "a follow-up ran at commit"
+    assert len(follow_ups) == 1
+    follow_ups[0]()
+    assert ran == [run.pk]
+
+
+@pytest.mark.django_db
+def test_a_rolled_back_change_hands_no_follow_up_to_the_caller(monkeypatch, django_capture_on_commit_callbacks) -> None:
+    import runs.services
+
+    monkeypatch.setattr(runs.services, "_after_commit_run_changed", lambda run_id: None)
+    run = create_run(job("build", "build"))
+
+    with (
+        runs.services.run_follow_ups_collected() as follow_ups,
+        django_capture_on_commit_callbacks(execute=True),
+        pytest.raises(RuntimeError),
+        transaction.atomic(),
+    ):
+        run_cancel(run=run)
+        raise RuntimeError("rolled back")
+
+    assert follow_ups == []
+    with runs.services.run_follow_ups_collected() as follow_ups, django_capture_on_commit_callbacks(execute=True):
+        run_cancel(run=run)
+    assert len(follow_ups) == 1

@@ -87,7 +87,13 @@ def port_accepts(host: str, port: int) -> bool:
 
 
 def build_processes(
-    *, host: str, port: int, concurrency: int, celery_loglevel: str, stop_timeout: float = 10.0
+    *,
+    host: str,
+    port: int,
+    concurrency: int,
+    celery_loglevel: str,
+    stop_timeout: float = 10.0,
+    web_workers: int = 1,
 ) -> list[ProcessSpec]:
     python = sys.executable
     specs = [
@@ -104,6 +110,9 @@ def build_processes(
                 str(port),
                 "--lifespan",
                 "off",
+                # Several processes: one Python process runs on one core at a time.
+                "--workers",
+                str(web_workers),
             ],
         ),
         ProcessSpec(
@@ -199,6 +208,12 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=None, help="Web server port (env CONVEYOR_PORT; 8000).")
         parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes (default 2).")
         parser.add_argument(
+            "--web-workers",
+            type=int,
+            default=None,
+            help="Web server (uvicorn) processes (env CONVEYOR_WEB_WORKERS; 2).",
+        )
+        parser.add_argument(
             "--celery-loglevel",
             default="warning",
             choices=["debug", "info", "warning", "error"],
@@ -214,6 +229,8 @@ class Command(BaseCommand):
         port = options["port"] if options["port"] is not None else env_int("CONVEYOR_PORT", 8000, minimum=1)
         if not 0 < port < 65536:
             raise CommandError(f"--port must be 1-65535, got {port}")
+        if options["web_workers"] is not None and options["web_workers"] < 1:
+            raise CommandError(f"--web-workers must be at least 1, got {options['web_workers']}")
         if not port_is_free(host, port):
             raise CommandError(f"{host}:{port} is already in use; choose another with --port or CONVEYOR_PORT")
         base_url = f"http://{url_host(host)}:{port}"
@@ -269,6 +286,7 @@ class Command(BaseCommand):
             concurrency=options["concurrency"],
             celery_loglevel=options["celery_loglevel"],
             stop_timeout=options["stop_timeout"],
+            web_workers=options["web_workers"] or settings.CONVEYOR_WEB_WORKERS,
         )
         # The children open their own connections; ours would only sit idle until we exit.
         connections.close_all()

@@ -1,0 +1,273 @@
+"""The webhook endpoint as the web server runs it (pipelines.asgi.WebhookEndpoint): Django's
+middleware, URLs and views in a pool of threads that keep their database connections, and
+the processing task sent to a real broker by the task sender after the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+from celery import Celery
+from django.conf import settings as django_settings
+from django.db import connection, connections
+from django.utils import timezone
+
+from pipelines import deliveries
+from pipelines.asgi import WebhookEndpoint
+from pipelines.deliveries import TaskSender, deliveries_resend_stuck
+from pipelines.models import DeliveryStatus, Repository, WebhookDelivery
+from pipelines.tests.conftest import SECRET
+from pipelines.tests.webhook_payloads import sign
+
+pytestmark = pytest.mark.django_db(transaction=True)  # the pool's threads have connections of their own
+
+THREADS = 2
+
+
+async def echo_app(scope, receive, send) -> None:
+    await send({"type": "http.response.start", "status": 299, "headers": []})
+    await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+
+class Answer:
+    def __init__(self) -> None:
+        self.messages: list[dict] = []
+
+    async def send(self, message: dict) -> None:
+        self.messages.append(message)
+
+    @property
+    def status(self) -> int:
+        return next(m["status"] for m in self.messages if m["type"] == "http.response.start")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        start = next(m for m in self.messages if m["type"] == "http.response.start")
+        return {name.decode().lower(): value.decode() for name, value in start["headers"]}
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.messages if m["type"] == "http.response.body")
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+def scope(path: str, *, body: bytes, headers: dict[str, str], query: str = "", host: str = "testserver") -> dict:
+    sent = {"host": host, "content-type": "application/json", "content-length": str(len(body)), **headers}
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(name.lower().encode(), value.encode()) for name, value in sent.items()],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
+
+
+async def call(app, request_scope: dict, body: bytes) -> Answer:
+    answer = Answer()
+    chunks = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict:
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    await app(request_scope, receive, answer.send)
+    return answer
+
+
+def delivery(*, key: str | None = None, host: str = "testserver") -> tuple[dict, bytes]:
+    body = json.dumps({"ref": "refs/heads/main", "after": uuid.uuid4().hex + "abcdef01"}).encode()
+    headers = {"x-conveyor-signature-256": sign(SECRET, body), "idempotency-key": key or uuid.uuid4().hex}
+    return scope("/webhooks/generic/", body=body, headers=headers, query="repository=web", host=host), body
+
+
+def post(app, *, key: str | None = None, host: str = "testserver") -> Answer:
+    request_scope, body = delivery(key=key, host=host)
+    return asyncio.run(call(app, request_scope, body))
+
+
+def close_pool(app: WebhookEndpoint) -> None:
+    """Close the database connection of every thread of the pool (before the test database
+    goes), then the pool: one task per thread, held at a barrier so that each runs on its own."""
+    barrier = threading.Barrier(THREADS)
+
+    def close() -> None:
+        barrier.wait(timeout=10)
+        connections.close_all()
+
+    for future in [app.executor.submit(close) for _ in range(THREADS)]:
+        future.result(timeout=20)
+    app.executor.shutdown(wait=True)
+
+
+@pytest.fixture
+def repository() -> Repository:
+    return Repository.objects.create(name="web", clone_url="/srv/git/web.git", webhook_secret=SECRET)
+
+
+@pytest.fixture
+def endpoint():
+    app = WebhookEndpoint(echo_app, threads=THREADS)
+    yield app
+    close_pool(app)
+
+
+@pytest.fixture
+def broker():
+    """A Celery app on the real Redis, its keys under a prefix of this test's own; and a
+    reader of the tasks sent there."""
+    prefix = f"conveyor-test-{uuid.uuid4().hex}:"
+    app = Celery("conveyor-tests", broker=django_settings.CELERY_BROKER_URL, set_as_current=False)
+    app.conf.broker_transport_options = {"global_keyprefix": prefix}
+    url = django_settings.REDIS_URL
+    client = (
+        redis.Redis(unix_socket_path=urlsplit(url).path) if url.startswith("unix://") else redis.Redis.from_url(url)
+    )
+
+    def sent_delivery_ids() -> list[int]:
+        messages = [
+            json.loads(raw) for raw in client.lrange(f"{prefix}{django_settings.CELERY_TASK_DEFAULT_QUEUE}", 0, -1)
+        ]
+        assert {m["headers"]["task"] for m in messages} <= {"pipelines.tasks.process_delivery"}
+        return sorted(int(m["headers"]["argsrepr"].strip("(,)")) for m in messages)
+
+    app.sent_delivery_ids = sent_delivery_ids
+    yield app
+    keys = list(client.scan_iter(f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+    app.close()
+
+
+@pytest.fixture
+def sender(broker, monkeypatch):
+    sender = TaskSender(broker=broker)
+    monkeypatch.setattr(deliveries, "task_sender", sender)
+    yield sender
+    sender.close()
+
+
+def backends() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+        return cursor.fetchone()[0]
+
+
+def test_a_signed_delivery_is_stored_answered_with_djangos_headers_and_its_task_sent_after(
+    repository, endpoint, sender, broker
+) -> None:
+    answer = post(endpoint, key="first")
+
+    assert answer.status == 202, answer.body
+    assert answer.json()["status"] == "queued"
+    stored = WebhookDelivery.objects.get()
+    assert (stored.delivery_id, stored.status, stored.repository) == ("first", DeliveryStatus.QUEUED, repository)
+    # The whole middleware stack ran: the security headers and a Content-Length.
+    assert answer.headers["x-frame-options"] == "DENY"
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+    assert answer.headers["content-length"] == str(len(answer.body))
+    sender.close()  # sends what is pending, as at the process's exit
+    assert broker.sent_delivery_ids() == [stored.pk]
+
+
+def test_a_redelivery_is_answered_200_and_sends_no_second_task(repository, endpoint, sender, broker) -> None:
+    first = post(endpoint, key="same")
+    again = post(endpoint, key="same")
+
+    assert (first.status, again.status) == (202, 200)
+    assert again.json() == {"status": "duplicate", "delivery": first.json()["delivery"], "delivery_status": "QUEUED"}
+    sender.close()
+    assert broker.sent_delivery_ids() == [first.json()["delivery"]]
+
+
+def test_the_same_delivery_arriving_twice_at_once_is_stored_once(repository, endpoint, sender) -> None:
+    request_scope, body = delivery(key="raced")
+
+    async def both() -> list[Answer]:
+        return await asyncio.gather(
+            call(endpoint, dict(request_scope), body), call(endpoint, dict(request_scope), body)
+        )
+
+    answers = asyncio.run(both())
+
+    assert sorted(a.status for a in answers) == [200, 202]
+    assert WebhookDelivery.objects.count() == 1
+
+
+def test_requests_reuse_their_threads_database_connections(repository, endpoint, sender) -> None:
+    before = backends()
+
+    statuses = [post(endpoint).status for _ in range(12)]
+
+    assert statuses == [202] * 12
+    assert backends() <= before + THREADS
+
+
+def test_other_paths_go_to_the_wrapped_application(endpoint) -> None:
+    request_scope = scope("/api/runner/jobs/request", body=b"{}", headers={})
+
+    answer = asyncio.run(call(endpoint, request_scope, b"{}"))
+
+    assert (answer.status, answer.body) == (299, b"/api/runner/jobs/request")
+
+
+def test_webhooks_keep_the_https_redirect_and_the_allowed_hosts(repository, settings, sender) -> None:
+    settings.SECURE_SSL_REDIRECT = True
+    app = WebhookEndpoint(echo_app, threads=THREADS)  # middleware reads its settings when loaded
+    try:
+        redirected = post(app)
+        wrong_host = post(app, host="evil.example")
+    finally:
+        close_pool(app)
+
+    assert redirected.status == 301
+    assert redirected.headers["location"].startswith("https://testserver/webhooks/generic/")
+    assert wrong_host.status == 400
+    assert not WebhookDelivery.objects.exists()
+
+
+def test_unknown_webhook_paths_and_other_methods_get_djangos_answers(repository, endpoint) -> None:
+    request_scope, body = delivery()
+    unknown = asyncio.run(call(endpoint, {**request_scope, "path": "/webhooks/bitbucket/"}, body))
+    got = asyncio.run(call(endpoint, {**request_scope, "method": "GET"}, b""))
+
+    assert (unknown.status, got.status) == (404, 405)
+
+
+def test_a_broker_that_is_down_loses_no_delivery(repository, endpoint, monkeypatch, caplog, settings) -> None:
+    down = Celery("conveyor-tests-down", broker="redis+socket:///nonexistent/redis.sock", set_as_current=False)
+    down.conf.broker_connection_retry = False
+    sender = TaskSender(broker=down)
+    monkeypatch.setattr(deliveries, "task_sender", sender)
+
+    answer = post(endpoint)
+    started = time.monotonic()
+    sender.close(timeout=60)
+
+    assert answer.status == 202  # answered before the broker was tried
+    assert time.monotonic() - started < 60
+    assert "processing task not sent" in caplog.text
+    stored = WebhookDelivery.objects.get()
+    assert stored.status == DeliveryStatus.QUEUED
+    # The sweep sends it again once it has been QUEUED for too long (the task runs here, eagerly).
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    assert deliveries_resend_stuck(now=timezone.now() + timedelta(minutes=3)) == 1
+    stored.refresh_from_db()
+    assert stored.status != DeliveryStatus.QUEUED
+    assert stored.attempts == 1
+    down.close()
