@@ -83,8 +83,9 @@ def web_workers() -> int:
     return settings.CONVEYOR_WEB_WORKERS
 
 
-def uvicorn_command(port: int) -> list[str]:
-    """The web server as `manage.py up` starts it: uvicorn with CONVEYOR_WEB_WORKERS processes."""
+def uvicorn_command(port: int, *, workers: int | None = None) -> list[str]:
+    """The web server as `manage.py up` starts it: uvicorn with CONVEYOR_WEB_WORKERS processes
+    (or `workers`: 1 runs the application in uvicorn's own process)."""
     return [
         sys.executable,
         "-m",
@@ -93,7 +94,7 @@ def uvicorn_command(port: int) -> list[str]:
         "--port",
         str(port),
         "--workers",
-        str(web_workers()),
+        str(workers or web_workers()),
     ]
 
 

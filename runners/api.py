@@ -160,11 +160,10 @@ async def _dispatch(request: HttpRequest, call: Callable[[], HttpResponse]) -> H
     return response
 
 
-def _job_call_answer(view: Callable, request: HttpRequest, args: tuple, kwargs: dict) -> HttpResponse:
-    """Authenticate the runner, parse the body, map domain errors to status codes."""
+def _answered(call: Callable[[], HttpResponse]) -> HttpResponse:
+    """The answer of a job call: its own, or the status code its domain error maps to."""
     try:
-        runner = services.runner_authenticate(token=_bearer(request))
-        return view(request, runner, _json_body(request), *args, **kwargs)
+        return call()
     except RunnerAuthError as exc:
         return _error(401, str(exc))
     except BadRequest as exc:
@@ -175,6 +174,16 @@ def _job_call_answer(view: Callable, request: HttpRequest, args: tuple, kwargs: 
         return _error(404, str(exc))
     except LogGap as exc:
         return _error(409, str(exc), code="log_gap", expected_offset=exc.expected)
+
+
+def _job_call_answer(view: Callable, request: HttpRequest, args: tuple, kwargs: dict) -> HttpResponse:
+    """Authenticate the runner, parse the body, run the view."""
+
+    def call() -> HttpResponse:
+        runner = services.runner_authenticate(token=_bearer(request))
+        return view(request, runner, _json_body(request), *args, **kwargs)
+
+    return _answered(call)
 
 
 def runner_endpoint(view: Callable) -> Callable:
@@ -318,9 +327,9 @@ async def step_log(request: HttpRequest, job_id, step_id) -> HttpResponse:
     return await _dispatch(request, partial(_step_log_answer, request, job_id, step_id))
 
 
-def _step_log_answer(request: HttpRequest, job_id, step_id) -> JsonResponse:
-    token = _bearer(request)
-    try:
+def _step_log_answer(request: HttpRequest, job_id, step_id) -> HttpResponse:
+    def call() -> JsonResponse:
+        token = _bearer(request)
         auth: dict[str, Any] = {"job_token": token}
         if not token.startswith(services.JOB_TOKEN_PREFIX):
             auth = {"runner": services.runner_authenticate(token=token)}
@@ -331,17 +340,15 @@ def _step_log_answer(request: HttpRequest, job_id, step_id) -> JsonResponse:
         next_offset = services.step_log(
             job_id=job_id, step_id=step_id, offset=offset, text=_field(data, "content", str), **auth
         )
-    except RunnerAuthError as exc:
-        return _error(401, str(exc))
-    except (BadRequest, ValueError) as exc:
-        return _error(getattr(exc, "status", 400), str(exc))
-    except JobNotHeld as exc:
-        return _error(409, str(exc), code="job_not_held")
-    except StepNotFound as exc:
-        return _error(404, str(exc))
-    except LogGap as exc:
-        return _error(409, str(exc), code="log_gap", expected_offset=exc.expected)
-    return JsonResponse({"next_offset": next_offset})
+        return JsonResponse({"next_offset": next_offset})
+
+    def call_refusing_bad_values() -> JsonResponse:
+        try:
+            return call()
+        except ValueError as exc:  # a chunk the log service cannot take (logs.services)
+            raise BadRequest(str(exc)) from None
+
+    return _answered(call_refusing_bad_values)
 
 
 @runner_endpoint
