@@ -5,12 +5,17 @@ Thin: authenticate, parse, call a service or selector, answer. Bodies are stream
 directions: an upload is read from the request in pieces straight into storage, a download
 is sent in pieces (under ASGI through an async iterator, which Django streams as it goes;
 a sync iterator it would first read whole into memory).
+
+The short JSON calls (look-ups and records, `pooled_job_call`) run in the runner API's pool
+of threads that keep their database connections, as its job calls do (runners.api._dispatch);
+the calls that move a body, or check a stored one (commits), keep a thread of their own so
+that a long transfer does not hold one of the pool's few threads.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from functools import wraps
+from functools import partial, wraps
 from typing import IO, Any
 
 from asgiref.sync import sync_to_async
@@ -31,28 +36,52 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from artifacts import selectors, services, storage
 from artifacts.models import Artifact, ArtifactStatus, Cache, CacheStatus
-from runners.api import BadRequest, _bearer, _error, _field, _json_body
+from runners.api import BadRequest, _bearer, _dispatch, _error, _field, _json_body
 from runners.services import JobNotHeld, RunnerAuthError
 from runs.models import Job
 
 
+def _job_call_answer(view: Callable, request: HttpRequest, job_id, kwargs: dict[str, Any]) -> HttpResponse:
+    """Authenticate the job's token, call the view, map domain errors to status codes."""
+    try:
+        job = selectors.job_for_artifact_call(job_id=job_id, token=_bearer(request))
+        return view(request, job, **kwargs)
+    except RunnerAuthError as exc:
+        return _error(401, str(exc))
+    except JobNotHeld as exc:
+        return _error(409, str(exc), code="job_not_held")
+    except (BadRequest, services.ArtifactRefused) as exc:
+        return _error(400, str(exc))
+
+
 def job_call(*methods: str) -> Callable:
-    """A runner-API artifact call about a RUNNING job: authenticate, map errors to statuses."""
+    """A runner-API artifact call about a RUNNING job, in a thread of its own (Django's for a
+    sync view): for the calls that stream a body or check a stored object."""
 
     def decorate(view: Callable) -> Callable:
         @csrf_exempt
         @require_http_methods(list(methods))
         @wraps(view)
-        def wrapper(request: HttpRequest, job_id, **kwargs):
-            try:
-                job = selectors.job_for_artifact_call(job_id=job_id, token=_bearer(request))
-                return view(request, job, **kwargs)
-            except RunnerAuthError as exc:
-                return _error(401, str(exc))
-            except JobNotHeld as exc:
-                return _error(409, str(exc), code="job_not_held")
-            except (BadRequest, services.ArtifactRefused) as exc:
-                return _error(400, str(exc))
+        def wrapper(request: HttpRequest, job_id, **kwargs) -> HttpResponse:
+            return _job_call_answer(view, request, job_id, kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def pooled_job_call(*methods: str) -> Callable:
+    """A short runner-API artifact call (a few queries, a small JSON body each way), answered
+    as job_call answers it but in a thread chosen by runners.api._dispatch: under ASGI one of
+    the pool's, whose database connection outlives the call, instead of a new thread and a
+    new connection per request."""
+
+    def decorate(view: Callable) -> Callable:
+        @csrf_exempt
+        @require_http_methods(list(methods))
+        @wraps(view)
+        async def wrapper(request: HttpRequest, job_id, **kwargs) -> HttpResponse:
+            return await _dispatch(request, partial(_job_call_answer, view, request, job_id, kwargs))
 
         return wrapper
 
@@ -81,7 +110,7 @@ def _own_artifact(job: Job, artifact_id) -> Artifact:
     return artifact
 
 
-@job_call("POST")
+@pooled_job_call("POST")
 def upload_begin(request: HttpRequest, job: Job) -> JsonResponse:
     """{"name", "type": BINARY|TEST_REPORT, "size", "sha256", "cache_key"?} -> where to PUT it."""
     data = _json_body(request)
@@ -116,7 +145,7 @@ def upload_commit(request: HttpRequest, job: Job, artifact_id) -> JsonResponse:
     return JsonResponse(_describe(artifact))
 
 
-@job_call("POST")
+@pooled_job_call("POST")
 def docker_record(request: HttpRequest, job: Job) -> JsonResponse:
     """{"reference": "registry/name:tag", "digest": "sha256:...", "name"?, "cache_key"?}"""
     data = _json_body(request)
@@ -130,7 +159,7 @@ def docker_record(request: HttpRequest, job: Job) -> JsonResponse:
     return JsonResponse(_describe(artifact), status=201)
 
 
-@job_call("POST")
+@pooled_job_call("POST")
 def reuse(request: HttpRequest, job: Job) -> JsonResponse:
     """{"cache_key"} -> {"reused": true, "source": {...}, "artifacts": [...]} or {"reused": false}."""
     source, copies = services.artifacts_reuse(job=job, cache_key=_field(_json_body(request), "cache_key", str))
@@ -145,7 +174,7 @@ def reuse(request: HttpRequest, job: Job) -> JsonResponse:
     )
 
 
-@job_call("GET")
+@pooled_job_call("GET")
 def dependencies(request: HttpRequest, job: Job) -> JsonResponse:
     """The archives of the jobs this job depends on, in unpacking order, with where to get
     each (a presigned URL with S3, else a path of this API), and those that expired."""
@@ -159,7 +188,7 @@ def dependencies(request: HttpRequest, job: Job) -> JsonResponse:
     return JsonResponse({"artifacts": listed, "missing": [_describe(a) for a in gone]})
 
 
-@job_call("GET")
+@pooled_job_call("GET")
 def images(request: HttpRequest, job: Job) -> JsonResponse:
     """The images (DOCKER artifacts) the jobs this job depends on recorded: {"images": [{name,
     job, reference, digest}]}, which the runner hands to the job as CONVEYOR_IMAGE_* variables."""
@@ -210,7 +239,7 @@ def _repository_cache(job: Job, cache_id, **filters: Any) -> Cache:
     return cache
 
 
-@job_call("POST")
+@pooled_job_call("POST")
 def cache_lookup(request: HttpRequest, job: Job) -> JsonResponse:
     """{"keys": [key, fallback keys...]} -> {"found": true, "id", "key", "size", "sha256", "url"
     or "path"} for the first key the repository has a cache for, else {"found": false}."""
@@ -226,7 +255,7 @@ def cache_lookup(request: HttpRequest, job: Job) -> JsonResponse:
     return JsonResponse(entry)
 
 
-@job_call("POST")
+@pooled_job_call("POST")
 def cache_upload_begin(request: HttpRequest, job: Job) -> JsonResponse:
     """{"key", "size", "sha256"} -> where to PUT the archive and where to commit it."""
     data = _json_body(request)
