@@ -29,6 +29,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from django.db import connections
+
 from pipelines.git import GitError, run_git
 from runners.artifacts import JobArtifacts
 from runners.deploy.job import run_deploy_step
@@ -365,7 +367,7 @@ class ShellExecutor:
         log.write(f"Fetching {job.commit_sha[:12]} ({job.ref}) into {project}\n")
         # The first line is shipped while git works: the round trip is no longer in its way.
         # (LogStream sends in order: the final flush waits for this one.)
-        shipping = self._background.submit(log.flush)
+        shipping = self._background.submit(_flush_and_let_go, log)
         error = ""
         try:
             self._git_checkout(job, project)
@@ -481,6 +483,16 @@ class ShellExecutor:
             status = StepStatus.SUCCESS
         self.reporter.step_finished(job, step, status=status, exit_code=None if note else exit_code)
         return status, exit_code, note or (f"step {step.name!r} exited with {exit_code}" if exit_code else "")
+
+
+def _flush_and_let_go(log: LogStream) -> None:
+    try:
+        log.flush()
+    finally:
+        # A trusted (database) runner's report used a connection of this pool thread: closed
+        # now, rather than held by a thread that may not run again for a long time (an HTTP
+        # runner's thread opened none: nothing to close).
+        connections.close_all()
 
 
 def _kill_group(process: subprocess.Popen) -> None:
