@@ -27,6 +27,7 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -58,8 +59,8 @@ def _offset_from(query_string: bytes) -> int:
 class ViewerConsumer(AsyncJsonWebsocketConsumer):
     """A live viewer: it listens to the channel-layer groups in `self.joined` and ignores what
     the browser sends. Its channel-layer events are handled one at a time under `self.lock`;
-    `start_backstop()` starts a task that, whenever the layer has been quiet for
-    CONVEYOR_LOG_VIEWER_BACKSTOP_S, catches up from the database (`_catch_up`, under the lock):
+    `start_backstop(catch_up)` starts a task that, whenever the layer has been quiet for
+    CONVEYOR_LOG_VIEWER_BACKSTOP_S, catches up from the database (`catch_up`, under the lock):
     an event lost while Redis was away costs a viewer that long at most."""
 
     lock: asyncio.Lock
@@ -75,11 +76,11 @@ class ViewerConsumer(AsyncJsonWebsocketConsumer):
     def _heard(self) -> None:
         self.heard_at = asyncio.get_running_loop().time()
 
-    def start_backstop(self) -> None:
+    def start_backstop(self, catch_up: Callable[[], Awaitable[None]]) -> None:
         self._heard()
-        self.backstop = asyncio.ensure_future(self._backstop())
+        self.backstop = asyncio.ensure_future(self._backstop(catch_up))
 
-    async def _backstop(self) -> None:
+    async def _backstop(self, catch_up: Callable[[], Awaitable[None]]) -> None:
         interval = settings.CONVEYOR_LOG_VIEWER_BACKSTOP_S
         loop = asyncio.get_running_loop()
         try:
@@ -87,14 +88,11 @@ class ViewerConsumer(AsyncJsonWebsocketConsumer):
                 await asyncio.sleep(interval)
                 if loop.time() - self.heard_at >= interval:
                     async with self.lock:
-                        await self._catch_up()
+                        await catch_up()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the socket went away under us: nothing left to do
             logger.debug("viewer backstop of %s ended: %s", self.channel_name, exc)
-
-    async def _catch_up(self) -> None:
-        raise NotImplementedError
 
     async def disconnect(self, code: int) -> None:
         if getattr(self, "backstop", None) is not None:
@@ -136,7 +134,7 @@ class StepLogConsumer(ViewerConsumer):
         if not live:
             await self.close(code=CLOSE_TRY_AGAIN)
             return
-        self.start_backstop()
+        self.start_backstop(self._catch_up)
 
     # --- Channel layer events.
 

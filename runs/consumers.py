@@ -98,7 +98,7 @@ class RunStatusConsumer(_LiveConsumer):
         if not live:
             await self.close(code=CLOSE_TRY_AGAIN)
             return
-        self.start_backstop()
+        self.start_backstop(self._catch_up)
 
     # --- Channel layer events. The events carry statuses but no durations: the snapshot is
     # read again (two small queries), which also makes a lost or reordered event harmless.
