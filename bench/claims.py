@@ -63,8 +63,7 @@ def seed_queue(count: int) -> None:
 
 def _orm_claimer(runner_id: str, ready, go, results) -> None:
     setup_django()
-    from django.db import connection
-
+    from cicd.db import prepared_cursor
     from runners.models import Runner
     from runners.services import job_claim
 
@@ -78,9 +77,10 @@ def _orm_claimer(runner_id: str, ready, go, results) -> None:
         if job is None:
             break
         latencies.append(time.perf_counter() - started)
-        # The same completion statement as the raw loop's, so that the two differ by the claim
-        # alone (Conveyor's own completion path, job_finish, is measured end to end: bench/e2e.py).
-        with connection.cursor() as cursor:
+        # The same completion statement as the raw loop's, prepared as psycopg prepares the raw
+        # loop's, so that the two differ by the claim alone (Conveyor's own completion path,
+        # job_finish, is measured end to end: bench/e2e.py).
+        with prepared_cursor() as cursor:
             cursor.execute(RAW_COMPLETE, [job.id])
         claimed += 1
     results.put((claimed, latencies))

@@ -10,18 +10,18 @@ server that has been running for a while is.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import http.client
-import itertools
 import json
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -111,8 +111,6 @@ def _signed(secret: str, repository: str) -> tuple[bytes, dict[str, str]]:
 
 
 def webhook_latency(*, concurrency: int, rounds: int) -> dict[str, object]:
-    from django.utils import timezone
-
     from pipelines.models import Pipeline, Repository, WebhookDelivery
 
     repository, _ = Repository.objects.get_or_create(name="bench-hooks", defaults={"clone_url": "/nonexistent"})
@@ -123,47 +121,19 @@ def webhook_latency(*, concurrency: int, rounds: int) -> dict[str, object]:
     server = subprocess.Popen(command, cwd=ROOT, env=_server_env())  # noqa: S603 (our own interpreter)
     try:
         _wait_healthy(port, server)
-        latencies: list[float] = []
-        statuses: dict[int, int] = {}
-        lock = threading.Lock()
         path = f"/webhooks/generic/?repository={repository.name}"
-        clock: dict[str, Any] = {}
-
-        def client(barrier: threading.Barrier) -> None:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            for round_ in range(-1, rounds):  # round -1: the warm-up burst, not measured
-                body, headers = _signed(repository.webhook_secret, repository.name)
-                barrier.wait()  # every round is a burst of `concurrency` deliveries at once
-                started = time.perf_counter()
-                conn.request("POST", path, body=body, headers=headers)
-                response = conn.getresponse()
-                response.read()
-                elapsed = time.perf_counter() - started
-                if round_ < 0:
-                    continue
-                with lock:
-                    latencies.append(elapsed)
-                    statuses[response.status] = statuses.get(response.status, 0) + 1
-            conn.close()
-
-        trips = itertools.count(-1)
-
-        def start_clock() -> None:  # run once per burst, before its clients are let go
-            if next(trips) == 0:
-                clock["started"], clock["since"] = time.perf_counter(), timezone.now()
-
-        barrier = threading.Barrier(concurrency, action=start_clock)
-        threads = [threading.Thread(target=client, args=(barrier,)) for _ in range(concurrency)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.perf_counter() - clock["started"]
+        # Signed before the clock starts (a forge signs before it sends); burst 0 is the warm-up.
+        bursts = [
+            [_signed(repository.webhook_secret, repository.name) for _ in range(concurrency)] for _ in range(rounds + 1)
+        ]
+        outcomes, elapsed, since = asyncio.run(_deliver(port, path, bursts))
     finally:
         server.terminate()
         server.wait(timeout=30)
         _flush_broker()
-    stored = WebhookDelivery.objects.filter(repository=repository, received_at__gte=clock["since"]).count()
+    stored = WebhookDelivery.objects.filter(repository=repository, received_at__gte=since).count()
+    latencies = [latency for latency, _ in outcomes]
+    statuses = Counter(status for _, status in outcomes)
     return {
         "deliveries": len(latencies),
         "concurrency": concurrency,
@@ -172,6 +142,49 @@ def webhook_latency(*, concurrency: int, rounds: int) -> dict[str, object]:
         "per_s": round(len(latencies) / elapsed),
         **summary_ms(latencies),
     }
+
+
+async def _deliver(port: int, path: str, bursts: list) -> tuple[list[tuple[float, int]], float, Any]:
+    """Send each burst's deliveries at once, each on its own keep-alive connection (as forges'
+    deliveries arrive), and time each from its first byte sent to its response read: the
+    (latency, status) of every delivery after the first burst, the seconds those bursts took,
+    and when they started.
+
+    One event loop drives every connection: client threads would queue for the GIL (a thread
+    may hold it 5 ms before it must let go) and add that wait to the latencies measured."""
+    from django.utils import timezone
+
+    connections = [await asyncio.open_connection("127.0.0.1", port) for _ in bursts[0]]
+
+    async def burst_of(deliveries: list) -> list[tuple[float, int]]:
+        pairs = zip(connections, deliveries, strict=True)
+        return await asyncio.gather(*(_post(*connection, path, *delivery) for connection, delivery in pairs))
+
+    warm_up, *measured_bursts = bursts
+    await burst_of(warm_up)
+    started, since = time.perf_counter(), timezone.now()
+    outcomes: list[tuple[float, int]] = []
+    for burst in measured_bursts:
+        outcomes += await burst_of(burst)
+    elapsed = time.perf_counter() - started
+    for _, writer in connections:
+        writer.close()
+    return outcomes, elapsed, since
+
+
+async def _post(reader, writer, path: str, body: bytes, headers: dict[str, str]) -> tuple[float, int]:
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    request = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode()
+    started = time.perf_counter()
+    writer.write(request + body)
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return time.perf_counter() - started, status
 
 
 def _flush_broker() -> None:

@@ -96,7 +96,7 @@ def parse_database_url(url: str) -> dict:
     except ValueError:
         raise ImproperlyConfigured(f"DATABASE_URL has an invalid port: {url!r}") from None
     return {
-        "ENGINE": "django.db.backends.postgresql",
+        "ENGINE": "cicd.postgresql",  # Django's, with a cheaper health check
         "NAME": name,
         "USER": unquote(parts.username or ""),
         "PASSWORD": unquote(parts.password or ""),

@@ -135,6 +135,9 @@ DATABASE_URL = raw("DATABASE_URL") or embedded.database_url()
 DATABASES = {"default": parse_database_url(DATABASE_URL)}
 DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# The hot statements (the claim) run as server-side prepared statements (cicd.db): set false
+# behind a connection pooler in transaction mode that cannot keep them (PgBouncer before 1.21).
+DATABASE_PREPARED_STATEMENTS = env_bool("DATABASE_PREPARED_STATEMENTS", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: Celery broker, channel layer (Pub/Sub), cache.

@@ -63,6 +63,31 @@ def test_the_claimed_variables_hold_no_server_secret(make_queued_jobs, runner, s
     assert settings.DATABASES["default"]["NAME"] not in text
 
 
+def _prepared_claims() -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements WHERE statement LIKE %s", ["%conveyor_claim_job%"])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def test_the_claim_is_prepared_once_on_the_connection_and_reused(make_queued_jobs, runner):
+    make_queued_jobs(3)
+
+    claims = [job_claim(runner=runner) for _ in range(3)]
+
+    assert all(claims)
+    assert len(_prepared_claims()) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_prepared_statements_off_the_claim_prepares_nothing(make_queued_jobs, runner, settings):
+    settings.DATABASE_PREPARED_STATEMENTS = False
+    connection.close()  # a new connection: nothing prepared on it yet
+    make_queued_jobs(2)
+
+    assert job_claim(runner=runner) and job_claim(runner=runner)
+    assert _prepared_claims() == []
+
+
 def test_a_heartbeat_extends_the_lease_only_for_the_holder(make_queued_jobs, runner):
     make_queued_jobs(1)
     claimed = job_claim(runner=runner)
