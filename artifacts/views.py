@@ -6,8 +6,8 @@ directions: an upload is read from the request in pieces straight into storage, 
 is sent in pieces (under ASGI through an async iterator, which Django streams as it goes;
 a sync iterator it would first read whole into memory).
 
-The short JSON calls (look-ups and records, `pooled_job_call`) run in the runner API's pool
-of threads that keep their database connections, as its job calls do (runners.api._dispatch);
+The short JSON calls (look-ups and records, `pooled_job_call`) are served in the runner API's
+pool of threads that keep their database connections, as its job calls are (cicd.pooled);
 the calls that move a body, or check a stored one (commits), keep a thread of their own so
 that a long transfer does not hold one of the pool's few threads.
 """
@@ -15,7 +15,7 @@ that a long transfer does not hold one of the pool's few threads.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from functools import partial, wraps
+from functools import wraps
 from typing import IO, Any
 
 from asgiref.sync import sync_to_async
@@ -36,7 +36,8 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from artifacts import selectors, services, storage
 from artifacts.models import Artifact, ArtifactStatus, Cache, CacheStatus
-from runners.api import BadRequest, _bearer, _dispatch, _error, _field, _json_body
+from cicd.pooled import pooled
+from runners.api import BadRequest, _bearer, _error, _field, _json_body
 from runners.services import JobNotHeld, RunnerAuthError
 from runs.models import Job
 
@@ -72,18 +73,10 @@ def job_call(*methods: str) -> Callable:
 
 def pooled_job_call(*methods: str) -> Callable:
     """A short runner-API artifact call (a few queries, a small JSON body each way), answered
-    as job_call answers it but in a thread chosen by runners.api._dispatch: under ASGI one of
-    the pool's, whose database connection outlives the call, instead of a new thread and a
-    new connection per request."""
+    as job_call answers it, in the runner API's pool of threads."""
 
     def decorate(view: Callable) -> Callable:
-        @csrf_exempt
-        @require_http_methods(list(methods))
-        @wraps(view)
-        async def wrapper(request: HttpRequest, job_id, **kwargs) -> HttpResponse:
-            return await _dispatch(request, partial(_job_call_answer, view, request, job_id, kwargs))
-
-        return wrapper
+        return pooled("runner-api")(job_call(*methods)(view))
 
     return decorate
 

@@ -289,9 +289,11 @@ CONVEYOR_WEBHOOK_MAX_BYTES = env_int("CONVEYOR_WEBHOOK_MAX_BYTES", 5 * 1024 * 10
 # Web server (uvicorn) processes that `manage.py up` (make run) and the benchmarks start: one
 # Python process runs on one core at a time, and webhook bursts need more than one.
 CONVEYOR_WEB_WORKERS = env_int("CONVEYOR_WEB_WORKERS", 2, minimum=1)
-# Threads per web server process that serve webhook requests (pipelines.asgi.WebhookEndpoint);
-# each keeps a database connection open (CONN_MAX_AGE), so this bounds a burst's connections.
+# Threads per web server process that serve webhook requests, and the runner API's short calls
+# (cicd.pooled); each keeps a database connection open (CONN_MAX_AGE), so these bound a
+# burst's connections. A burst of webhooks does not delay the runners' reports.
 CONVEYOR_WEBHOOK_THREADS = env_int("CONVEYOR_WEBHOOK_THREADS", 4, minimum=1)
+CONVEYOR_RUNNER_API_THREADS = env_int("CONVEYOR_RUNNER_API_THREADS", 8, minimum=1)
 # Processed deliveries are kept this long (the admin; recognizing redeliveries, which GitHub
 # allows for up to 7 days), then deleted by a daily task.
 CONVEYOR_WEBHOOK_RETENTION_DAYS = env_int("CONVEYOR_WEBHOOK_RETENTION_DAYS", 30, minimum=7)

@@ -14,6 +14,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from cicd.pooled import pooled
 from pipelines import deliveries, webhooks
 from pipelines.models import WebhookProvider
 from pipelines.webhooks import WebhookError
@@ -61,18 +62,21 @@ def _receive(request: HttpRequest, provider: str) -> JsonResponse:
     return JsonResponse(answer.body, status=answer.status)
 
 
+@pooled("webhooks")
 @csrf_exempt
 @require_POST
 def github_webhook(request: HttpRequest) -> JsonResponse:
     return _receive(request, WebhookProvider.GITHUB)
 
 
+@pooled("webhooks")
 @csrf_exempt
 @require_POST
 def gitlab_webhook(request: HttpRequest) -> JsonResponse:
     return _receive(request, WebhookProvider.GITLAB)
 
 
+@pooled("webhooks")
 @csrf_exempt
 @require_POST
 def generic_webhook(request: HttpRequest) -> JsonResponse:

@@ -5,8 +5,8 @@ be an async view (under ASGI a blocking sync view would hold Django's shared thr
 Every call but `register` carries `Authorization: Bearer <runner token>`; job calls are
 fenced: only the runner holding a RUNNING job may report on it.
 
-The job calls (heartbeat, step start/log/finish, finish, release) are async views too, but
-only to choose the thread their blocking work runs in (see `_dispatch`).
+The job calls (heartbeat, step start/log/finish, finish, release) are short and many: the
+web server serves them in its "runner-api" pool of threads (cicd.pooled).
 """
 
 from __future__ import annotations
@@ -14,38 +14,27 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial, wraps
+from functools import wraps
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.core.handlers.asgi import ASGIRequest
-from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from cicd.pooled import pooled, run_after_response
 from logs.services import LogGap
 from runners import services
 from runners.models import Executor, Runner
 from runners.services import JobNotHeld, RunnerAuthError, StepNotFound
 from runs.services import run_follow_ups_collected
 
-logger = logging.getLogger(__name__)
-
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_LONG_POLL_S = 30.0
 # Exit codes are stored in a 32-bit integer column; concurrency in a small one.
 EXIT_CODE_RANGE = range(-(2**31), 2**31)
 CONCURRENCY_RANGE = range(1, 2**15)
-# Threads per web server process that do the job calls' work under ASGI (see _dispatch). Each
-# keeps a database connection; the calls are short (a few queries each), so a few threads
-# serve many runners, and a burst waits its turn here rather than for new connections.
-JOB_CALL_THREADS = 8
-
-_job_call_pool = ThreadPoolExecutor(max_workers=JOB_CALL_THREADS, thread_name_prefix="runner-api")
 
 
 class BadRequest(Exception):
@@ -112,54 +101,6 @@ def _exit_code(data: dict[str, Any]) -> int | None:
     return exit_code
 
 
-def _in_pool_thread(call: Callable[[], HttpResponse]) -> HttpResponse:
-    # What the request_started and request_finished signals do for a request's own thread:
-    # a connection past CONN_MAX_AGE, broken, or left in a failed transaction is closed (the
-    # next query reconnects); a sound one is kept for the next call.
-    close_old_connections()
-    try:
-        return call()
-    finally:
-        close_old_connections()
-
-
-def _run_follow_ups(follow_ups: list[Callable[[], None]]) -> None:
-    for follow_up in follow_ups:
-        try:
-            follow_up()
-        except Exception:  # the change is committed; the sweeps and viewers' backstops catch up
-            logger.exception("follow-up %r failed", follow_up)
-
-
-async def _dispatch(request: HttpRequest, call: Callable[[], HttpResponse]) -> HttpResponse:
-    """Run a job call's blocking work and return its response.
-
-    Under ASGI, Django runs a sync view in a thread made for the request, which opens a
-    database connection of its own and closes it at the end: that connection was most of
-    what a runner's report cost (about two thirds of a step start), and a job makes several.
-    Here the work runs in a fixed pool of long-lived threads that keep their connections
-    between calls (CONN_MAX_AGE and CONN_HEALTH_CHECKS apply). A sync caller (WSGI, the test
-    client) has a thread of its own waiting for this view: the work goes back to it, and to
-    its connection (and a test's transaction), as for any sync view.
-
-    The follow-ups a view leaves on its response (`response.follow_ups`, see finish) run once
-    the response is on its way, in the pool too.
-    """
-    if isinstance(request, ASGIRequest):
-        loop = asyncio.get_running_loop()
-        response = await loop.run_in_executor(_job_call_pool, _in_pool_thread, call)
-        follow_ups = getattr(response, "follow_ups", None)
-        if follow_ups:
-            # Not waited for: the response goes out while a pool thread runs them.
-            _job_call_pool.submit(_in_pool_thread, partial(_run_follow_ups, follow_ups))
-        return response
-    response = await sync_to_async(call)()
-    follow_ups = getattr(response, "follow_ups", None)
-    if follow_ups:
-        await sync_to_async(_run_follow_ups)(follow_ups)
-    return response
-
-
 def _answered(call: Callable[[], HttpResponse]) -> HttpResponse:
     """The answer of a job call: its own, or the status code its domain error maps to."""
     try:
@@ -176,25 +117,20 @@ def _answered(call: Callable[[], HttpResponse]) -> HttpResponse:
         return _error(409, str(exc), code="log_gap", expected_offset=exc.expected)
 
 
-def _job_call_answer(view: Callable, request: HttpRequest, args: tuple, kwargs: dict) -> HttpResponse:
-    """Authenticate the runner, parse the body, run the view."""
-
-    def call() -> HttpResponse:
-        runner = services.runner_authenticate(token=_bearer(request))
-        return view(request, runner, _json_body(request), *args, **kwargs)
-
-    return _answered(call)
-
-
 def runner_endpoint(view: Callable) -> Callable:
     """A job call: `view(request, runner, body, ...)` runs once the runner is authenticated
-    and the body parsed, in a thread chosen by _dispatch."""
+    and the body parsed."""
 
+    @pooled("runner-api")
     @csrf_exempt
     @require_POST
     @wraps(view)
-    async def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
-        return await _dispatch(request, partial(_job_call_answer, view, request, args, kwargs))
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        def call() -> HttpResponse:
+            runner = services.runner_authenticate(token=_bearer(request))
+            return view(request, runner, _json_body(request), *args, **kwargs)
+
+        return _answered(call)
 
     return wrapper
 
@@ -314,9 +250,10 @@ def step_finish(request: HttpRequest, runner: Runner, data: dict, job_id, step_i
     return JsonResponse({})
 
 
+@pooled("runner-api")
 @csrf_exempt
 @require_POST
-async def step_log(request: HttpRequest, job_id, step_id) -> HttpResponse:
+def step_log(request: HttpRequest, job_id, step_id) -> HttpResponse:
     """Append a chunk to a step's log: {"offset": <UTF-8 byte offset>, "content": "..."}.
 
     Authenticated like every job call by the token of the runner holding the job, or by the
@@ -324,10 +261,7 @@ async def step_log(request: HttpRequest, job_id, step_id) -> HttpResponse:
     Answers {"next_offset": N}: for a new chunk and for a resent one alike. A gap or an
     overlap is a 409 with code "log_gap" and "expected_offset": where to resend from.
     """
-    return await _dispatch(request, partial(_step_log_answer, request, job_id, step_id))
 
-
-def _step_log_answer(request: HttpRequest, job_id, step_id) -> HttpResponse:
     def call() -> JsonResponse:
         token = _bearer(request)
         auth: dict[str, Any] = {"job_token": token}
@@ -356,7 +290,7 @@ def finish(request: HttpRequest, runner: Runner, data: dict, job_id) -> JsonResp
     exit_code = _exit_code(data)
     # The job's end is committed (and the jobs it unblocks queued, their runners woken) before
     # the answer; what follows the run's change (its viewers' events, commit status,
-    # notifications) is no part of it: the runner, free for its next job, need not wait.
+    # notifications) is no part of it: the runner, free for its next job, need not wait for it.
     with run_follow_ups_collected() as follow_ups:
         try:
             services.job_complete(
@@ -369,7 +303,7 @@ def finish(request: HttpRequest, runner: Runner, data: dict, job_id) -> JsonResp
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
     response = JsonResponse({})
-    response.follow_ups = follow_ups
+    run_after_response(request, response, follow_ups)
     return response
 
 

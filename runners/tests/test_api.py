@@ -13,15 +13,18 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+from django.core.asgi import get_asgi_application
 from django.db import connection, connections
 from django.test import AsyncClient, Client
 from django.utils import timezone
 
+from cicd.pooled import PooledViews
 from logs.models import StepLog
 from runners.models import RegistrationToken, Runner
 from runners.services import job_claim, registration_token_create, runner_register, runner_revoke
 from runs.models import Job, JobStatus, Step, StepStatus
 from runs.tests.factories import create_run, current_job, job
+from tests.asgi_calls import Answer, call, close_pool, scope
 
 API = "/api/runner/"
 
@@ -545,31 +548,38 @@ def test_a_claim_without_wait_answers_at_once(holder, held_job):
     assert third.status_code == 204
 
 
-# --- Under ASGI (the async test client): the job calls' work runs in the pool of runners.api.
+# --- As the web server serves them (cicd.pooled): the job calls run in the "runner-api" pool.
+
+POOL_THREADS = 2
 
 
 @pytest.fixture
-def pool_connections_closed(monkeypatch):
-    """The pool's threads close their connection after each call (as with CONN_MAX_AGE 0), so
-    none outlives the test and keeps the test database from being dropped."""
-    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 0)
+def served():
+    """The web server's HTTP application: the pooled views over Django's ASGI handler."""
+    app = PooledViews(get_asgi_application(), pools={"runner-api": POOL_THREADS})
+    yield app
+    close_pool(app, "runner-api", POOL_THREADS)
+
+
+def served_post(app, path: str, body: dict, token: str) -> Answer:
+    data = json.dumps(body).encode()
+    return asyncio.run(call(app, scope(API + path, body=data, headers={"authorization": f"Bearer {token}"}), data))
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_whole_job_reported_over_asgi_is_stored_as_over_the_test_client(holder, held_job, pool_connections_closed):
+def test_a_whole_job_reported_through_the_pool_is_stored_as_over_the_test_client(holder, held_job, served):
     _, token = holder
     step = held_job.steps[0]
-    headers = {"Authorization": f"Bearer {token}"}
 
-    def call(path: str, body: dict):
-        return AsyncPost(f"jobs/{held_job.id}/{path}", json.dumps(body), headers).result(timeout=20)
+    def job_call(path: str, body: dict) -> Answer:
+        return served_post(served, f"jobs/{held_job.id}/{path}", body, token)
 
-    assert call("heartbeat", {}).json() == {"continue": True}
-    assert call(f"steps/{step.id}/start", {}).status_code == 200
-    assert call(f"steps/{step.id}/log", {"offset": 0, "content": "hi\n"}).json() == {"next_offset": 3}
-    assert call(f"steps/{step.id}/finish", {"status": "SUCCESS", "exit_code": 0}).status_code == 200
-    assert call("finish", {"status": "SUCCESS", "exit_code": 0}).status_code == 200
-    assert call("finish", {"status": "SUCCESS", "exit_code": 0}).json()["code"] == "job_not_held"
+    assert job_call("heartbeat", {}).json() == {"continue": True}
+    assert job_call(f"steps/{step.id}/start", {}).status == 200
+    assert job_call(f"steps/{step.id}/log", {"offset": 0, "content": "hi\n"}).json() == {"next_offset": 3}
+    assert job_call(f"steps/{step.id}/finish", {"status": "SUCCESS", "exit_code": 0}).status == 200
+    assert job_call("finish", {"status": "SUCCESS", "exit_code": 0}).status == 200
+    assert job_call("finish", {"status": "SUCCESS", "exit_code": 0}).json()["code"] == "job_not_held"
 
     assert Job.objects.get(pk=held_job.id).status == JobStatus.SUCCESS
     assert Step.objects.values_list("status", "exit_code").get(pk=step.id) == (StepStatus.SUCCESS, 0)
@@ -577,9 +587,23 @@ def test_a_whole_job_reported_over_asgi_is_stored_as_over_the_test_client(holder
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_finish_is_answered_before_its_runs_follow_ups_which_still_run(
-    holder, held_job, pool_connections_closed, monkeypatch
-):
+def test_the_job_calls_are_served_by_the_pool_and_the_long_poll_is_not(served):
+    def pool_of(path: str) -> str | None:
+        executor = served.executor_for(scope(API + path, body=b"", headers={}))
+        return next((name for name, pool in served.executors.items() if pool is executor), None)
+
+    job, step = "0" * 8 + "-0000-0000-0000-" + "0" * 12, "1" * 8 + "-1111-1111-1111-" + "1" * 12
+    assert pool_of(f"jobs/{job}/heartbeat") == "runner-api"
+    assert pool_of(f"jobs/{job}/steps/{step}/log") == "runner-api"
+    assert pool_of(f"jobs/{job}/finish") == "runner-api"
+    assert pool_of(f"jobs/{job}/artifacts/dependencies") == "runner-api"
+    assert pool_of("jobs/request") is None  # an async view, waiting up to 30 s: not in a pool thread
+    assert pool_of(f"jobs/{job}/artifacts") == "runner-api"  # an upload's start
+    assert pool_of(f"jobs/{job}/artifacts/{step}/content") is None  # its body: a thread of its own
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_finish_is_answered_before_its_runs_follow_ups_which_still_run(holder, held_job, served, monkeypatch):
     _, token = holder
     release, done = threading.Event(), threading.Event()
 
@@ -588,15 +612,26 @@ def test_a_finish_is_answered_before_its_runs_follow_ups_which_still_run(
         done.set()
 
     monkeypatch.setattr("runs.services._after_commit_run_changed", slow_follow_up)
-    body = json.dumps({"status": "SUCCESS", "exit_code": 0})
 
-    response = AsyncPost(f"jobs/{held_job.id}/finish", body, {"Authorization": f"Bearer {token}"}).result(timeout=10)
+    answer = served_post(served, f"jobs/{held_job.id}/finish", {"status": "SUCCESS", "exit_code": 0}, token)
 
-    assert response.status_code == 200
+    assert answer.status == 200
     assert Job.objects.get(pk=held_job.id).status == JobStatus.SUCCESS
     assert not done.is_set()
     release.set()
     assert done.wait(10), "the run's follow-ups never ran"
+
+
+@pytest.mark.django_db(transaction=True)  # the follow-ups are collected at commit
+def test_outside_a_pool_a_finishs_follow_ups_run_before_the_answer(client, holder, held_job, monkeypatch):
+    _, token = holder
+    ran = []
+    monkeypatch.setattr("runs.services._after_commit_run_changed", lambda run_id: ran.append(run_id))
+
+    response = post(client, f"jobs/{held_job.id}/finish", {"status": "SUCCESS", "exit_code": 0}, token=token)
+
+    assert response.status_code == 200
+    assert [str(run_id) for run_id in ran] == [held_job.run_id]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -248,3 +248,20 @@ def test_a_clone_url_with_a_line_break_fails_the_checkout(executor, reporter, re
 
     assert result.status == "FAILURE"
     assert "invalid clone URL" in result.reason
+
+
+def test_a_later_checkout_is_the_same_repository_as_the_first_one(executor, reporter, repo):
+    # The first checkout runs `git init`; later ones get a copy of what it made.
+    script = [("script", "git rev-parse HEAD; git status --porcelain; git config --list --local; git fsck")]
+    assert run(executor, repo, script).status == "SUCCESS"
+    executor.reporter = later = RecordingReporter()
+
+    result = run(executor, repo, script)
+
+    assert result.status == "SUCCESS", result.reason
+    # Past the first line ("Fetching ... into <workspace>"), the same output: commit, a clean
+    # tree, the same configuration (core settings of `git init`, origin).
+    first, second = reporter.log_of("s0").splitlines()[1:], later.log_of("s0").splitlines()[1:]
+    assert second == first
+    assert repo[1] in second
+    assert "core.bare=false" in second

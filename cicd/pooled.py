@@ -1,0 +1,140 @@
+"""Short, frequent requests served by Django in fixed pools of threads (wired in cicd/asgi.py).
+
+Under ASGI, Django runs each request's sync code in a thread made for the request, and its
+middleware hops to that thread for each of its hooks (Django 5.2's MiddlewareMixin: about
+11 hops a request here). The thread opens a database connection of its own and closes it at
+the end: a connection per request was most of what a runner's step report cost, and a burst
+of webhooks ran out of connections.
+
+A view marked `@pooled("name")` is served here instead, as under WSGI: the same middleware,
+URL resolution and view, run in one of the named pool's long-lived threads, which keep
+their database connections between requests (CONN_MAX_AGE, CONN_HEALTH_CHECKS and the
+request signals apply as usual). Everything else goes to Django's ASGI application: pages,
+the runner's long-poll (an async view), and the artifact calls that stream a body, which
+would hold one of a pool's few threads for the whole transfer.
+
+Work a view leaves for after its answer (`run_after_response`) runs in the pool once the
+response is sent; under any other server (WSGI, the test client) it runs before the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.core.handlers.base import BaseHandler
+from django.db import close_old_connections
+from django.http import HttpRequest, HttpResponseBase
+from django.urls import Resolver404, resolve, set_script_prefix
+
+logger = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+Work = list[Callable[[], None]]
+
+
+def pooled(pool: str) -> Callable[[Callable], Callable]:
+    """Mark a sync view to be served in the pool named `pool` (outermost decorator)."""
+
+    def mark(view: Callable) -> Callable:
+        view.served_in_pool = pool
+        return view
+
+    return mark
+
+
+def run_after_response(request: HttpRequest, response: HttpResponseBase, work: Work) -> None:
+    """Have `work` run once `response` is on its way, when a pool serves the request (the
+    client need not wait for it); otherwise now. A failing item is logged, the rest still run."""
+    if getattr(request, "served_by_pool", False):
+        response.after_response = work
+    else:
+        _run(work)
+
+
+def _run(work: Work) -> None:
+    for item in work:
+        try:
+            item()
+        except Exception:  # what the request changed is committed; the sweeps catch up
+            logger.exception("work after the response %r failed", item)
+
+
+def _in_pool_thread(work: Work) -> None:
+    # What the request signals do around a request: a connection past CONN_MAX_AGE, broken,
+    # or left in a failed transaction is closed (the next query reconnects).
+    close_old_connections()
+    try:
+        _run(work)
+    finally:
+        close_old_connections()
+
+
+class PooledViews(ASGIHandler):
+    """Serves the `@pooled` views of `pools` ({name: threads}); passes the rest to `app`."""
+
+    def __init__(self, app: App, *, pools: dict[str, int]) -> None:
+        BaseHandler.__init__(self)
+        self.load_middleware(is_async=False)
+        self.app = app
+        self.executors = {
+            name: ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"pool-{name}")
+            for name, threads in pools.items()
+        }
+
+    def executor_for(self, scope: Scope) -> ThreadPoolExecutor | None:
+        if scope.get("type") != "http":
+            return None
+        path = str(scope.get("path", ""))
+        root = str(scope.get("root_path", ""))
+        try:
+            match = resolve(path[len(root) :] if root and path.startswith(root) else path)
+        except Resolver404:
+            return None
+        return self.executors.get(getattr(match.func, "served_in_pool", ""))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        executor = self.executor_for(scope)
+        if executor is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        loop = asyncio.get_running_loop()
+        response = await loop.run_in_executor(executor, self._respond, scope, body_file)
+        try:
+            await self.send_response(response, send)
+        finally:
+            if response.streaming:
+                await loop.run_in_executor(executor, response.close)
+            work = getattr(response, "after_response", None)
+            if work:
+                executor.submit(_in_pool_thread, work)  # not waited for
+
+    def _respond(self, scope: Scope, body_file: Any) -> HttpResponseBase:
+        try:
+            set_script_prefix(get_script_prefix(scope))
+            signals.request_started.send(sender=self.__class__, scope=scope)
+            request, response = self.create_request(scope, body_file)
+            if request is not None:
+                request.served_by_pool = True
+                response = self.get_response(request)
+            if not response.streaming:
+                # The content is in hand: request_finished (which returns the database
+                # connection, or closes an old or broken one) runs here, in this thread.
+                response.close()
+            return response
+        finally:
+            body_file.close()
