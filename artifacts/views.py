@@ -169,8 +169,18 @@ def reuse(request: HttpRequest, job: Job) -> JsonResponse:
 
 @pooled_job_call("GET")
 def dependencies(request: HttpRequest, job: Job) -> JsonResponse:
+    return JsonResponse(dependencies_answer(job))
+
+
+@pooled_job_call("GET")
+def images(request: HttpRequest, job: Job) -> JsonResponse:
+    return JsonResponse(images_answer(job))
+
+
+def dependencies_answer(job: Job) -> dict[str, Any]:
     """The archives of the jobs this job depends on, in unpacking order, with where to get
-    each (a presigned URL with S3, else a path of this API), and those that expired."""
+    each (a presigned URL with S3, else a path of this API), and those that expired. Also
+    part of the runner API's claim answer (runners.api.request_job)."""
     available, gone = selectors.job_dependency_artifacts(job=job)
     listed = []
     for artifact in available:
@@ -178,21 +188,19 @@ def dependencies(request: HttpRequest, job: Job) -> JsonResponse:
         url = storage.presigned_download(artifact.storage_path, file_name=artifact.file_name)
         entry.update({"url": url} if url else {"path": f"jobs/{job.pk}/artifacts/{artifact.pk}/content"})
         listed.append(entry)
-    return JsonResponse({"artifacts": listed, "missing": [_describe(a) for a in gone]})
+    return {"artifacts": listed, "missing": [_describe(a) for a in gone]}
 
 
-@pooled_job_call("GET")
-def images(request: HttpRequest, job: Job) -> JsonResponse:
+def images_answer(job: Job) -> dict[str, Any]:
     """The images (DOCKER artifacts) the jobs this job depends on recorded: {"images": [{name,
-    job, reference, digest}]}, which the runner hands to the job as CONVEYOR_IMAGE_* variables."""
-    return JsonResponse(
-        {
-            "images": [
-                {"name": a.name, "job": a.job.name if a.job else "", "reference": a.storage_path, "digest": a.digest}
-                for a in selectors.job_dependency_images(job=job)
-            ]
-        }
-    )
+    job, reference, digest}]}, which the runner hands to the job as CONVEYOR_IMAGE_* variables.
+    Also part of the runner API's claim answer."""
+    return {
+        "images": [
+            {"name": a.name, "job": a.job.name if a.job else "", "reference": a.storage_path, "digest": a.digest}
+            for a in selectors.job_dependency_images(job=job)
+        ]
+    }
 
 
 @job_call("GET")

@@ -302,8 +302,16 @@ class HttpArtifacts:
         return self._call("POST", begun["commit"], job, f"{what} commit")
 
     def dependencies(self, job):
-        data = self._call("GET", f"jobs/{job.id}/artifacts/dependencies", job, "artifact list")
-        return data.get("artifacts", []), data.get("missing", [])
+        return self.dependencies_of(self._call("GET", f"jobs/{job.id}/artifacts/dependencies", job, "artifact list"))
+
+    @staticmethod
+    def dependencies_of(answer: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(archives to unpack, archives that expired) from the server's answer."""
+        return answer.get("artifacts", []), answer.get("missing", [])
+
+    @staticmethod
+    def images_of(answer: dict[str, Any]) -> list[dict[str, Any]]:
+        return answer.get("images", [])
 
     def download(self, job, entry, destination):
         self._get(job, entry, destination, f"download of {entry.get('name') or entry.get('key')}")
@@ -327,7 +335,7 @@ class HttpArtifacts:
         return data if data.get("reused") else None
 
     def images(self, job):
-        return self._call("GET", f"jobs/{job.id}/artifacts/images", job, "image list").get("images", [])
+        return self.images_of(self._call("GET", f"jobs/{job.id}/artifacts/images", job, "image list"))
 
     def cache_lookup(self, job, *, keys):
         data = self._call("POST", f"jobs/{job.id}/caches/lookup", job, "cache lookup", json={"keys": keys})

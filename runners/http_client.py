@@ -130,8 +130,9 @@ class HttpBackend:
     def __init__(self, *, url: str, token: str):
         self.client = RunnerApiClient(url, token)
         self._pending: ClaimedJob | None = None
-        # A claimed job's artifact lists (what it depends on, their images), asked for as soon
-        # as it is claimed: by the time its checkout is done they are in (see _Prefetched).
+        # A claimed job's artifact lists (what it depends on, their images): in the claim's
+        # answer, or (an older server) asked for as soon as it is claimed, so that they are in
+        # by the time its checkout is done (see _Prefetched).
         self._prefetch = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prefetch")
         self._prefetched: OrderedDict[str, dict[str, Future]] = OrderedDict()
         self._prefetched_lock = threading.Lock()
@@ -146,9 +147,19 @@ class HttpBackend:
         # asked for now or after the checkout, the answer is the same.
         transport = HttpArtifacts(self.client)
         calls = {"dependencies": transport.dependencies, "images": transport.images}
-        futures = {name: self._prefetch.submit(call, job) for name, call in calls.items()}
         with self._prefetched_lock:
-            self._prefetched[job.id] = futures
+            self._prefetched[job.id] = {name: self._prefetch.submit(call, job) for name, call in calls.items()}
+            while len(self._prefetched) > _PREFETCHED_JOBS:
+                self._prefetched.popitem(last=False)
+
+    def _hold(self, job: ClaimedJob, answers: dict[str, Any]) -> None:
+        """Keep answers the claim brought for the job, as a prefetch would have them."""
+        futures: dict[str, Future] = {}
+        for name, answer in answers.items():
+            futures[name] = Future()
+            futures[name].set_result(answer)
+        with self._prefetched_lock:
+            self._prefetched.setdefault(job.id, {}).update(futures)
             while len(self._prefetched) > _PREFETCHED_JOBS:
                 self._prefetched.popitem(last=False)
 
@@ -179,8 +190,17 @@ class HttpBackend:
         if response.status_code == 204:
             return None
         self._check(response, "claim")
-        job = _job_from_json(response.json())
-        self._start_prefetch(job)
+        data = response.json()
+        lists = data.get("artifact_lists")
+        job = _job_from_json(data)
+        if isinstance(lists, dict):  # in the claim answer: nothing to ask for
+            answers = {
+                "dependencies": HttpArtifacts.dependencies_of(lists.get("dependencies") or {}),
+                "images": HttpArtifacts.images_of(lists.get("images") or {}),
+            }
+            self._hold(job, answers)
+        else:  # a server that does not send them (an older one)
+            self._start_prefetch(job)
         return job
 
     def wait_for_work(self, timeout: float) -> None:

@@ -17,6 +17,10 @@ from artifacts.services import artifact_docker_record
 from artifacts.tests.conftest import job_named
 from artifacts.tests.helpers import upload
 from cicd.pooled import PooledViews
+from cicd.tokens import token_generate, token_hash
+from runners.models import Runner
+from runners.tests.test_api import long_poll
+from runs.models import Job, JobStatus
 from tests.asgi_calls import Answer, call, close_pool, scope
 
 CONFIG = """
@@ -124,3 +128,21 @@ def test_pooled_artifact_calls_keep_their_authentication_and_error_answers(depen
     assert [a.status for a in answers] == [401, 401, 405, 400, 400, 400]
     assert [(a.status, a.body) for a in answers] == [(e.status_code, e.content) for e in expected]
     assert (not_held.status, not_held.json()["code"]) == (409, "job_not_held")
+
+
+@pytest.mark.django_db(transaction=True)  # the long-poll claims in a thread of its own
+def test_the_claim_answer_carries_the_artifact_lists_the_runner_would_ask_for(dependent) -> None:
+    test, _ = dependent
+    Job.objects.filter(pk=test.pk).update(status=JobStatus.QUEUED, runner=None)
+    token = token_generate("cvr_")
+    Runner.objects.create(name="claimer", tags=[], token_hash=token_hash(token))
+
+    claimed = long_poll(token, wait=0).result(timeout=20)
+
+    assert claimed.status_code == 200
+    answer = claimed.json()
+    assert answer["id"] == str(test.pk)
+    lists = answer["artifact_lists"]
+    assert [entry["name"] for entry in lists["dependencies"]["artifacts"]] == ["dist"]
+    assert lists["dependencies"] == over_wsgi("get", f"jobs/{test.pk}/artifacts/dependencies", token).json()
+    assert lists["images"] == over_wsgi("get", f"jobs/{test.pk}/artifacts/images", token).json()
