@@ -98,11 +98,14 @@ def _servable(now: datetime) -> Q:
     return Q(status=ArtifactStatus.AVAILABLE) & (Q(expires_at__isnull=True) | Q(expires_at__gt=now))
 
 
-def job_dependency_artifacts(*, job: Job, now: datetime | None = None) -> tuple[list[Artifact], list[Artifact]]:
+def job_dependency_artifacts(
+    *, job: Job, now: datetime | None = None, jobs: list[Job] | None = None
+) -> tuple[list[Artifact], list[Artifact]]:
     """(archives to unpack into the job's workspace, archives of its dependencies that expired
-    or were deleted). Only BINARY archives travel; test reports and images do not."""
+    or were deleted). Only BINARY archives travel; test reports and images do not. `jobs`:
+    job_dependency_jobs(job), if the caller has it already."""
     now = now or timezone.now()
-    jobs = job_dependency_jobs(job=job)
+    jobs = job_dependency_jobs(job=job) if jobs is None else jobs
     if not jobs:
         return [], []
     order = {dependency.pk: i for i, dependency in enumerate(jobs)}
@@ -117,10 +120,10 @@ def job_dependency_artifacts(*, job: Job, now: datetime | None = None) -> tuple[
     return [a for a in rows if a.pk in ok], [a for a in rows if a.pk not in ok]
 
 
-def job_dependency_images(*, job: Job, now: datetime | None = None) -> list[Artifact]:
+def job_dependency_images(*, job: Job, now: datetime | None = None, jobs: list[Job] | None = None) -> list[Artifact]:
     """The images (DOCKER artifacts) the jobs `job` depends on recorded and that are still
     servable, in the order of job_dependency_jobs, each job's in the order it recorded them."""
-    jobs = job_dependency_jobs(job=job)
+    jobs = job_dependency_jobs(job=job) if jobs is None else jobs
     if not jobs:
         return []
     order = {dependency.pk: i for i, dependency in enumerate(jobs)}

@@ -177,11 +177,12 @@ def images(request: HttpRequest, job: Job) -> JsonResponse:
     return JsonResponse(images_answer(job))
 
 
-def dependencies_answer(job: Job) -> dict[str, Any]:
+def dependencies_answer(job: Job, *, jobs: list[Job] | None = None) -> dict[str, Any]:
     """The archives of the jobs this job depends on, in unpacking order, with where to get
     each (a presigned URL with S3, else a path of this API), and those that expired. Also
-    part of the runner API's claim answer (runners.api.request_job)."""
-    available, gone = selectors.job_dependency_artifacts(job=job)
+    part of the runner API's claim answer (runners.api.request_job). `jobs`: the jobs it
+    depends on (selectors.job_dependency_jobs), if the caller has them already."""
+    available, gone = selectors.job_dependency_artifacts(job=job, jobs=jobs)
     listed = []
     for artifact in available:
         entry = _describe(artifact)
@@ -191,14 +192,14 @@ def dependencies_answer(job: Job) -> dict[str, Any]:
     return {"artifacts": listed, "missing": [_describe(a) for a in gone]}
 
 
-def images_answer(job: Job) -> dict[str, Any]:
+def images_answer(job: Job, *, jobs: list[Job] | None = None) -> dict[str, Any]:
     """The images (DOCKER artifacts) the jobs this job depends on recorded: {"images": [{name,
     job, reference, digest}]}, which the runner hands to the job as CONVEYOR_IMAGE_* variables.
     Also part of the runner API's claim answer."""
     return {
         "images": [
             {"name": a.name, "job": a.job.name if a.job else "", "reference": a.storage_path, "digest": a.digest}
-            for a in selectors.job_dependency_images(job=job)
+            for a in selectors.job_dependency_images(job=job, jobs=jobs)
         ]
     }
 

@@ -173,6 +173,7 @@ def _authenticate_and_claim(token: str) -> dict[str, Any] | None:
     (artifacts.views: dependencies, images), which saves it two requests per job."""
     from django.db import close_old_connections
 
+    from artifacts.selectors import job_dependency_jobs
     from artifacts.views import dependencies_answer, images_answer
     from runs.models import Job
 
@@ -180,8 +181,9 @@ def _authenticate_and_claim(token: str) -> dict[str, Any] | None:
     claimed = services.job_claim(runner=services.runner_authenticate(token=token))
     if claimed is None:
         return None
-    job = Job.objects.select_related("run__pipeline__repository").get(pk=claimed.id)
-    lists = {"dependencies": dependencies_answer(job), "images": images_answer(job)}
+    job = Job.objects.get(pk=claimed.id)
+    jobs = job_dependency_jobs(job=job)
+    lists = {"dependencies": dependencies_answer(job, jobs=jobs), "images": images_answer(job, jobs=jobs)}
     return {**dataclasses.asdict(claimed), "artifact_lists": lists}
 
 

@@ -465,15 +465,15 @@ class JobArtifacts:
         env["CI_ARTIFACTS_RECORD"] = str(self.records)
         env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
 
-    def _log(self, step: ClaimedStep, offset: int | None) -> _Log:
-        if offset is None:
-            # Where the step's log ends on the server: a zero-length chunk at 0 is answered
-            # with the offset it expects.
-            try:
-                offset = self.reporter.step_log(self.job, step, 0, "") or 0
-            except Exception as exc:
-                logger.warning("the log of step %s is unreachable (%s): artifact lines go to the runner log", step, exc)
-                return _Log(None)
+    def _log(self, step: ClaimedStep) -> _Log:
+        """Lines at the end of a finished step's log."""
+        # Where the step's log ends on the server: a zero-length chunk at 0 is answered with
+        # the offset it expects.
+        try:
+            offset = self.reporter.step_log(self.job, step, 0, "") or 0
+        except Exception as exc:
+            logger.warning("the log of step %s is unreachable (%s): artifact lines go to the runner log", step, exc)
+            return _Log(None)
         stream = LogStream(self.reporter, self.job, step)
         stream.offset = offset
         return _Log(stream)
@@ -496,23 +496,21 @@ class JobArtifacts:
         digest.update(archives.hash_paths(self.project, files).encode())
         return f"reuse:{digest.hexdigest()}"
 
-    def before_steps(self, step: ClaimedStep, offset: int) -> tuple[int, JobResult | None]:
-        """Reuse or fetch dependencies. Returns (the first step's log offset now, a result
-        that ends the job without running its steps, or None)."""
+    def before_steps(self, log: LogStream) -> JobResult | None:
+        """Reuse or fetch dependencies, writing to `log` (the first step's, which the step goes
+        on with). Returns a result that ends the job without running its steps, or None."""
         if self.transport is None:
             if self.section or self.caches:
                 logger.warning("job %s: this runner's backend transfers no artifacts or caches", self.job.id)
-            return offset, None
-        log = self._log(step, offset)
+            return None
+        lines = _Log(log)
         try:
-            result = self._before_steps(log)
+            return self._before_steps(lines)
         except JobNotHeld:
             raise
         except Exception as exc:
-            log(f"ERROR: {exc}")
-            result = JobResult(status=StepStatus.FAILURE, reason=f"artifacts: {exc}")
-        end = log.close()
-        return (offset if end is None else end), result
+            lines(f"ERROR: {exc}")
+            return JobResult(status=StepStatus.FAILURE, reason=f"artifacts: {exc}")
 
     def _before_steps(self, log: _Log) -> JobResult | None:
         self.cache_key = self.reuse_key()
@@ -631,7 +629,7 @@ class JobArtifacts:
         wanted = [entry for entry in self.caches if _wanted(str(entry.get("when") or "on_success"), result.status)]
         if not wanted:
             return
-        log = self._log(step, None)
+        log = self._log(step)
         try:
             for entry in wanted:
                 if self._cache_policy(entry, log) not in {"push", "pull-push"}:
@@ -704,7 +702,7 @@ class JobArtifacts:
         wants_images = records and _wanted(when, result.status)
         if not (wants_paths or wants_reports or wants_images):
             return result
-        log = self._log(step, None)
+        log = self._log(step)
         try:
             if wants_paths:
                 name = expand(str(self.section.get("name") or "artifacts"), self.job.variables) or "artifacts"

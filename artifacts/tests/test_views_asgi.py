@@ -89,9 +89,9 @@ def test_dependencies_and_images_are_looked_up_in_the_pool_and_answer_as_over_ws
     for name in ["job_dependency_artifacts", "job_dependency_images"]:
         real = getattr(selectors, name)
 
-        def spy(*, job, real=real):
+        def spy(*, job, real=real, **kwargs):
             threads.append(threading.current_thread().name)
-            return real(job=job)
+            return real(job=job, **kwargs)
 
         monkeypatch.setattr(selectors, name, spy)
 

@@ -102,15 +102,14 @@ def run_deploy_step(
     workdir: Path,
     stop: threading.Event,
     deadline: float,
-    log_offset: int = 0,
+    log: LogStream | None = None,
 ) -> tuple[str, int | None, str]:
     """Run the job's rollout as `step`, like the shell executor runs a script step: report its
-    start, stream its log (from `log_offset`), report its end. `env` is the job's environment
-    (smoke test commands get it), `workdir` its checkout, `deadline` (monotonic) its timeout.
-    Returns (status, exit code, reason)."""
+    start, stream its log (continuing `log`, the stream its checkout wrote to, if given), report
+    its end. `env` is the job's environment (smoke test commands get it), `workdir` its
+    checkout, `deadline` (monotonic) its timeout. Returns (status, exit code, reason)."""
     reporter.step_started(job, step)
-    log = LogStream(reporter, job, step)
-    log.offset = log_offset
+    log = log or LogStream(reporter, job, step)
     status, exit_code, note = _deploy(job, log, env=env, workdir=workdir, stop=stop, deadline=deadline)
     log.flush(final=True)
     reporter.step_finished(job, step, status=status, exit_code=exit_code)

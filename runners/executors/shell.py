@@ -303,21 +303,22 @@ class ShellExecutor:
         if not steps:
             return JobResult(status=StepStatus.SUCCESS)
 
-        checkout_error, first_offset = self._checkout(job, project, steps[0])
-        if checkout_error:
+        # The checkout's lines, then the artifacts', then the first step's own output: one
+        # stream, the first step's log, which nothing waits for until the step has begun.
+        first_log = LogStream(self.reporter, job, steps[0])
+        checkout_error = self._checkout(job, project, first_log)
+        ended = None
+        if not checkout_error:
+            # Artifacts (runners.artifacts): the dependencies' archives are unpacked before the
+            # steps, or an earlier build with the same reuse key ends the job at once.
+            artifacts = JobArtifacts(self.reporter, job, workspace=workspace, project=project)
+            artifacts.environment(env)
+            ended = artifacts.before_steps(first_log)
+        if checkout_error or ended is not None:
+            first_log.flush(final=True)
             for step in steps:
                 self.reporter.step_finished(job, step, status=StepStatus.SKIPPED, exit_code=None)
-            return JobResult(status=StepStatus.FAILURE, reason=checkout_error)
-
-        # Artifacts (runners.artifacts): the dependencies' archives are unpacked before the
-        # steps, or an earlier build with the same reuse key ends the job at once.
-        artifacts = JobArtifacts(self.reporter, job, workspace=workspace, project=project)
-        artifacts.environment(env)
-        first_offset, ended = artifacts.before_steps(steps[0], first_offset)
-        if ended is not None:
-            for step in steps:
-                self.reporter.step_finished(job, step, status=StepStatus.SKIPPED, exit_code=None)
-            return ended
+            return ended or JobResult(status=StepStatus.FAILURE, reason=checkout_error)
 
         result = JobResult(status=StepStatus.SUCCESS, exit_code=0)
         main_failed = False
@@ -331,13 +332,13 @@ class ShellExecutor:
                 continue
             # after_script gets its own short budget even when the job timed out (GitLab: 5 min).
             step_deadline = deadline if step.kind != StepKind.AFTER_SCRIPT else time.monotonic() + 300
-            offset = first_offset if step is steps[0] else 0
+            log = first_log if step is steps[0] else None
             if step.kind == StepKind.DEPLOY:  # a `deploy:` job's Kubernetes rollout, run here
                 status, exit_code, note = run_deploy_step(
-                    self.reporter, job, step, env, project, stop, step_deadline, offset
+                    self.reporter, job, step, env, project, stop, step_deadline, log
                 )
             else:
-                status, exit_code, note = self._run_step(job, step, env, state, project, stop, step_deadline, offset)
+                status, exit_code, note = self._run_step(job, step, env, state, project, stop, step_deadline, log)
             last_run = step
             if step.kind == StepKind.AFTER_SCRIPT:
                 continue  # its outcome never changes the job's
@@ -362,24 +363,19 @@ class ShellExecutor:
         env.update(job.variables)
         return env
 
-    def _checkout(self, job: ClaimedJob, project: Path, first_step: ClaimedStep) -> tuple[str, int]:
-        """Check out exactly the job's commit. Its output goes at the head of the first step's log.
-
-        Returns (error message or "", the log offset the first step continues at)."""
-        log = LogStream(self.reporter, job, first_step)
+    def _checkout(self, job: ClaimedJob, project: Path, log: LogStream) -> str:
+        """Check out exactly the job's commit, writing to `log` (the first step's). Returns an
+        error message, or ""."""
         log.write(f"Fetching {job.commit_sha[:12]} ({job.ref}) into {project}\n")
-        # The first line is shipped while git works: the round trip is no longer in its way.
-        # (LogStream sends in order: the final flush waits for this one.)
-        shipping = self._background.submit(_flush_and_let_go, log)
-        error = ""
+        # The first line is shipped while git works, for whoever watches; nothing waits for
+        # it (LogStream sends in order: the step's output follows it).
+        self._background.submit(_flush_and_let_go, log)
         try:
             self._git_checkout(job, project)
         except GitError as exc:
-            error = f"checkout failed: {exc}"
             log.write(f"Checkout failed: {exc}\n")
-        shipping.result()
-        log.flush(final=True)
-        return error, log.offset
+            return f"checkout failed: {exc}"
+        return ""
 
     def _git_checkout(self, job: ClaimedJob, project: Path) -> None:
         if not _COMMIT_SHA.match(job.commit_sha):
@@ -446,11 +442,11 @@ class ShellExecutor:
         project: Path,
         stop: threading.Event,
         deadline: float,
-        log_offset: int,
+        log: LogStream | None,
     ) -> tuple[str, int | None, str]:
+        """Run a script step: its log continues `log` (the first step's, after the checkout) or starts."""
         self.reporter.step_started(job, step)
-        log = LogStream(self.reporter, job, step)
-        log.offset = log_offset
+        log = log or LogStream(self.reporter, job, step)
         log.write(f"$ {step.command}\n")
         script = state / f"step-{step.index}.sh"
         script.write_text(self._script(step.command, state, project))
