@@ -213,10 +213,15 @@ def _send_after_commit(delivery_id: int) -> None:
     transaction.on_commit(partial(process_delivery.delay, delivery_id), robust=True)
 
 
+# Deliveries of a burst per processing task (process_deliveries): fewer tasks to send, while a
+# burst is still spread over the workers, and one delivery's run waits for at most this many.
+DELIVERIES_PER_TASK = 8
+
+
 class TaskSender:
-    """Sends process_delivery tasks from a thread of this process, so that a webhook answer
-    does not wait for the broker, and the tasks of a burst go several at a time, in one
-    pipelined round trip (one by one, a publish cost about a third of a request's CPU).
+    """Sends the processing tasks of webhook deliveries from a thread of this process, so that
+    a webhook answer does not wait for the broker; the deliveries of a burst go several to a
+    task (process_deliveries) and their tasks in one pipelined round trip.
 
     Nothing is lost if the process dies with tasks unsent: their deliveries stay QUEUED and
     deliveries_resend_stuck sends them again. At a normal exit the rest is sent first.
@@ -273,17 +278,20 @@ class TaskSender:
                 return
 
     def _publish(self, delivery_ids: list[int]) -> None:
-        from pipelines.tasks import process_delivery
+        from pipelines.tasks import process_deliveries
 
         if not delivery_ids:
             return
-        broker = self._broker or process_delivery.app
+        broker = self._broker or process_deliveries.app
         try:
-            # One producer and one pipelined round trip to the broker for the whole batch
-            # (about half the CPU of sending them one by one).
+            # One producer and one pipelined round trip to the broker for the whole batch, and
+            # one task per DELIVERIES_PER_TASK deliveries: sending a Celery task cost the web
+            # process about as much CPU as answering the request (bench/README.md, webhook).
             with broker.producer_or_acquire() as producer, producer.batch():
-                for delivery_id in delivery_ids:
-                    process_delivery.apply_async((delivery_id,), producer=producer)
+                for start in range(0, len(delivery_ids), DELIVERIES_PER_TASK):
+                    process_deliveries.apply_async(
+                        (delivery_ids[start : start + DELIVERIES_PER_TASK],), producer=producer
+                    )
         except Exception:
             # A broker that is down: the deliveries stay QUEUED; deliveries_resend_stuck sends them.
             logger.exception("webhook deliveries %s: processing task not sent; the sweep will resend", delivery_ids)

@@ -26,6 +26,21 @@ def process_delivery(self, delivery_id: int) -> str | None:
     return delivery.status
 
 
+@shared_task(bind=True, name="pipelines.tasks.process_deliveries", ignore_result=True)
+def process_deliveries(self, delivery_ids: list[int]) -> None:
+    """process_delivery for each of several deliveries, in order: how the web process sends a
+    burst's deliveries (pipelines.deliveries.TaskSender). One failing does not stop the others."""
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    for delivery_id in delivery_ids:
+        try:
+            delivery = deliveries.delivery_process(delivery_id=delivery_id, takeover=redelivered)
+        except Exception:  # left PROCESSING: the stuck-delivery sweep sends it again
+            logger.exception("webhook delivery %s: processing failed", delivery_id)
+            continue
+        if delivery is not None:
+            logger.info("webhook delivery %s: %s", delivery_id, delivery.status)
+
+
 @shared_task(name="pipelines.tasks.resend_stuck_deliveries", ignore_result=True)
 def resend_stuck_deliveries() -> int:
     """Backstop (beat): deliveries whose task was lost or whose worker died are sent again."""

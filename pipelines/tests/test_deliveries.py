@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from pipelines import deliveries
 from pipelines.models import AutoCancel, DeliveryStatus, Pipeline, Repository, Trigger, WebhookDelivery
-from pipelines.tasks import process_delivery
+from pipelines.tasks import process_deliveries, process_delivery
 from pipelines.tests import webhook_payloads as p
 from pipelines.tests.conftest import SECRET
 from runs.models import Job, JobStatus, PipelineRun, RunStatus
@@ -448,3 +448,25 @@ def test_text_postgresql_cannot_store_is_replaced_not_fatal(forge, deliver):
     run = only_run()
     assert run.variables["CI_MERGE_REQUEST_TITLE"] == "evil \ufffd \ufffd title"
     assert run.triggered_by == "mallory\ufffd"
+
+
+def test_a_burst_sent_as_one_task_processes_each_delivery_even_after_one_fails(forge, poster, monkeypatch):
+    project = forge.repository.forge_project
+    for name in ["first", "second", "third"]:
+        poster.github(p.github_push(after=forge.sha, full_name=project), event="push", delivery=name)
+    ids = [WebhookDelivery.objects.get(delivery_id=name).pk for name in ["first", "second", "third"]]
+    real = deliveries.delivery_process
+
+    def failing_on_the_second(*, delivery_id, takeover=False):
+        if delivery_id == ids[1]:
+            raise RuntimeError("the database went away")
+        return real(delivery_id=delivery_id, takeover=takeover)
+
+    monkeypatch.setattr(deliveries, "delivery_process", failing_on_the_second)
+
+    process_deliveries(ids)
+
+    statuses = dict(WebhookDelivery.objects.values_list("delivery_id", "status"))
+    assert statuses["first"] != DeliveryStatus.QUEUED
+    assert statuses["second"] == DeliveryStatus.QUEUED  # left for the stuck-delivery sweep
+    assert statuses["third"] != DeliveryStatus.QUEUED

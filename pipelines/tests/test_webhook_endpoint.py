@@ -75,8 +75,8 @@ def broker():
         messages = [
             json.loads(raw) for raw in client.lrange(f"{prefix}{django_settings.CELERY_TASK_DEFAULT_QUEUE}", 0, -1)
         ]
-        assert {m["headers"]["task"] for m in messages} <= {"pipelines.tasks.process_delivery"}
-        return sorted(int(m["headers"]["argsrepr"].strip("(,)")) for m in messages)
+        assert {m["headers"]["task"] for m in messages} <= {"pipelines.tasks.process_deliveries"}
+        return sorted(int(i) for m in messages for i in m["headers"]["argsrepr"].strip("([,])").split(",") if i)
 
     app.sent_delivery_ids = sent_delivery_ids
     yield app
