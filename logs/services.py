@@ -24,6 +24,7 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
+from cicd.follow_ups import follow_up_after_commit
 from logs import events
 from logs.masking import MASK, Masker, maskable
 from logs.models import JobLog, LogChunkKind, StepLog
@@ -258,12 +259,12 @@ def _publish_chunk(chunk: StepLog) -> None:
 def step_status_publish(*, step_id: Any) -> None:
     """Tell the viewers of a step's run that the step (or its job) changed status. Call it in the
     transaction that changes the status: the event goes out after commit, with the state then."""
-    transaction.on_commit(partial(_publish_step_status, step_id))
+    follow_up_after_commit(partial(_publish_step_status, step_id))
 
 
 def run_status_publish(*, run_id: Any) -> None:
     """Tell the viewers of a run that its status or one of its jobs' changed (after commit)."""
-    transaction.on_commit(partial(_publish_run_status, run_id))
+    follow_up_after_commit(partial(_publish_run_status, run_id))
 
 
 def _publish_step_status(step_id: Any) -> None:

@@ -19,11 +19,9 @@ marked `retried` and leaves the DAG. Its steps, logs and artifacts stay as the r
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
-from contextvars import ContextVar
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -37,6 +35,7 @@ from django.utils import timezone
 
 from audit.models import AuditAction
 from audit.services import audit_record
+from cicd.follow_ups import follow_up_after_commit
 from pipelines.config.spec import JobSpec, PipelineSpec
 from pipelines.models import Pipeline
 from runs import dag
@@ -343,29 +342,8 @@ def _after_commit_run_changed(run_id: Any) -> None:
             logger.exception("%s of run %s failed", follow_up.__name__, run_id)
 
 
-# Set by run_follow_ups_collected: where the follow-ups of committed run changes go instead.
-_collected_follow_ups: ContextVar[list[Callable[[], None]] | None] = ContextVar("_collected_follow_ups", default=None)
-
-
 def _on_commit_run_changed(run_id: Any) -> None:
-    follow_up = partial(_after_commit_run_changed, run_id)
-    collected = _collected_follow_ups.get()
-    transaction.on_commit(follow_up if collected is None else partial(collected.append, follow_up))
-
-
-@contextlib.contextmanager
-def run_follow_ups_collected() -> Iterator[list[Callable[[], None]]]:
-    """Within the block, what follows a committed change of a run (events to its viewers,
-    commit status, notifications, deployments: _after_commit_run_changed) is not run at
-    commit but put, at commit, in the yielded list, for the caller to run once it has
-    answered its client (the runner API's job finish: the runner need not wait for them).
-    A rolled-back change still puts nothing there. The caller must run every one."""
-    collected: list[Callable[[], None]] = []
-    token = _collected_follow_ups.set(collected)
-    try:
-        yield collected
-    finally:
-        _collected_follow_ups.reset(token)
+    follow_up_after_commit(partial(_after_commit_run_changed, run_id))
 
 
 def _notify_queue() -> None:

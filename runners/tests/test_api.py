@@ -622,6 +622,29 @@ def test_a_finish_is_answered_before_its_runs_follow_ups_which_still_run(holder,
     assert done.wait(10), "the run's follow-ups never ran"
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_step_report_is_answered_before_its_viewers_hear_of_it(holder, held_job, served, monkeypatch):
+    _, token = holder
+    step = held_job.steps[0]
+    release, done, heard = threading.Event(), threading.Event(), []
+
+    def slow_event(step_id):  # the step's status to its run's live viewers (logs.services)
+        release.wait(20)
+        heard.append(str(step_id))
+        done.set()
+
+    monkeypatch.setattr("logs.services._publish_step_status", slow_event)
+
+    started = served_post(served, f"jobs/{held_job.id}/steps/{step.id}/start", {}, token)
+
+    assert started.status == 200
+    assert Step.objects.get(pk=step.id).status == StepStatus.RUNNING
+    assert heard == []
+    release.set()
+    assert done.wait(10), "the viewers never heard of the step"
+    assert heard == [step.id]
+
+
 @pytest.mark.django_db(transaction=True)  # the follow-ups are collected at commit
 def test_outside_a_pool_a_finishs_follow_ups_run_before_the_answer(client, holder, held_job, monkeypatch):
     _, token = holder

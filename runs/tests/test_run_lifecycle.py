@@ -9,6 +9,7 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from cicd.follow_ups import follow_ups_collected
 from logs.models import StepLog
 from pipelines.config.spec import Need
 from pipelines.models import Trigger
@@ -482,7 +483,7 @@ def test_queueing_a_job_sends_a_notify_and_schedules_the_run_hook(django_capture
 
 
 @pytest.mark.django_db
-def test_a_finish_within_run_follow_ups_collected_hands_its_follow_ups_to_the_caller(
+def test_a_finish_within_follow_ups_collected_hands_its_follow_ups_to_the_caller(
     monkeypatch, django_capture_on_commit_callbacks
 ) -> None:
     import runs.services
@@ -494,7 +495,7 @@ def test_a_finish_within_run_follow_ups_collected_hands_its_follow_ups_to_the_ca
     assert job_start(job=target, runner=None, lease_seconds=60)
     ran.clear()
 
-    with runs.services.run_follow_ups_collected() as follow_ups, django_capture_on_commit_callbacks(execute=True):
+    with follow_ups_collected() as follow_ups, django_capture_on_commit_callbacks(execute=True):
         assert job_finish(job_id=target.pk, status=JobStatus.SUCCESS, exit_code=0)
 
     assert ran == [], "a follow-up ran at commit"
@@ -511,7 +512,7 @@ def test_a_rolled_back_change_hands_no_follow_up_to_the_caller(monkeypatch, djan
     run = create_run(job("build", "build"))
 
     with (
-        runs.services.run_follow_ups_collected() as follow_ups,
+        follow_ups_collected() as follow_ups,
         django_capture_on_commit_callbacks(execute=True),
         pytest.raises(RuntimeError),
         transaction.atomic(),
@@ -520,6 +521,6 @@ def test_a_rolled_back_change_hands_no_follow_up_to_the_caller(monkeypatch, djan
         raise RuntimeError("rolled back")
 
     assert follow_ups == []
-    with runs.services.run_follow_ups_collected() as follow_ups, django_capture_on_commit_callbacks(execute=True):
+    with follow_ups_collected() as follow_ups, django_capture_on_commit_callbacks(execute=True):
         run_cancel(run=run)
     assert len(follow_ups) == 1
