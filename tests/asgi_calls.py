@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from django.core.asgi import get_asgi_application
 from django.db import connections
 
 from cicd.pooled import PooledViews
@@ -79,3 +82,15 @@ def close_pool(app: PooledViews, pool: str, threads: int) -> None:
     for future in [executor.submit(close) for _ in range(threads)]:
         future.result(timeout=20)
     executor.shutdown(wait=True)
+
+
+@contextmanager
+def web_application(pools: dict[str, int]) -> Iterator[PooledViews]:
+    """The web server's HTTP application, as cicd/asgi.py builds it: the pooled views (in
+    `pools` of their own) over Django's ASGI handler. Their threads' connections are closed after."""
+    app = PooledViews(get_asgi_application(), pools=pools)
+    try:
+        yield app
+    finally:
+        for pool, threads in pools.items():
+            close_pool(app, pool, threads)

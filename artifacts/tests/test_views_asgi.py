@@ -9,19 +9,17 @@ import json
 import threading
 
 import pytest
-from django.core.asgi import get_asgi_application
 from django.test import Client
 
 from artifacts import selectors, views
 from artifacts.services import artifact_docker_record
 from artifacts.tests.conftest import job_named
 from artifacts.tests.helpers import upload
-from cicd.pooled import PooledViews
 from cicd.tokens import token_generate, token_hash
 from runners.models import Runner
 from runners.tests.test_api import long_poll
 from runs.models import Job, JobStatus
-from tests.asgi_calls import Answer, call, close_pool, scope
+from tests.asgi_calls import Answer, call, scope, web_application
 
 CONFIG = """
 stages: [build, test]
@@ -37,15 +35,10 @@ test:
 DIGEST = "sha256:" + "a" * 64
 
 
-THREADS = 2
-
-
 @pytest.fixture
 def served():
-    """The web server's HTTP application: the pooled views over Django's ASGI handler."""
-    app = PooledViews(get_asgi_application(), pools={"runner-api": THREADS})
-    yield app
-    close_pool(app, "runner-api", THREADS)
+    with web_application({"runner-api": 2}) as app:
+        yield app
 
 
 def over_pool(app, method: str, path: str, token: str, body: dict | None = None) -> Answer:

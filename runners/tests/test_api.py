@@ -13,18 +13,16 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from django.core.asgi import get_asgi_application
 from django.db import connection, connections
 from django.test import AsyncClient, Client
 from django.utils import timezone
 
-from cicd.pooled import PooledViews
 from logs.models import StepLog
 from runners.models import RegistrationToken, Runner
 from runners.services import job_claim, registration_token_create, runner_register, runner_revoke
 from runs.models import Job, JobStatus, Step, StepStatus
 from runs.tests.factories import create_run, current_job, job
-from tests.asgi_calls import Answer, call, close_pool, scope
+from tests.asgi_calls import Answer, call, scope, web_application
 
 API = "/api/runner/"
 
@@ -550,15 +548,11 @@ def test_a_claim_without_wait_answers_at_once(holder, held_job):
 
 # --- As the web server serves them (cicd.pooled): the job calls run in the "runner-api" pool.
 
-POOL_THREADS = 2
-
 
 @pytest.fixture
 def served():
-    """The web server's HTTP application: the pooled views over Django's ASGI handler."""
-    app = PooledViews(get_asgi_application(), pools={"runner-api": POOL_THREADS})
-    yield app
-    close_pool(app, "runner-api", POOL_THREADS)
+    with web_application({"runner-api": 2}) as app:
+        yield app
 
 
 def served_post(app, path: str, body: dict, token: str) -> Answer:
