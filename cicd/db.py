@@ -11,31 +11,22 @@ DATABASE_PREPARED_STATEMENTS=false turns preparing off again.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import psycopg
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.backends.utils import CursorWrapper
 
 
-@contextmanager
-def prepared_cursor() -> Iterator[psycopg.Cursor]:
-    """A cursor whose statements are prepared on the connection at their first execution.
-
-    Errors are Django's, as from `connection.cursor()`, and the statements are logged where
-    Django logs queries (tests counting queries see them). Without query logging the cursor
-    is psycopg's own, unwrapped: the wrapper costs as much Python as the claim's own. Only
-    cursors made here prepare: Django's (client-side binding) never do, whatever the threshold.
-    """
+def prepared_cursor() -> CursorWrapper:
+    """A cursor (use it in a `with`) whose statements are prepared on the connection at their
+    first execution. Wrapped as `connection.cursor()` wraps its own: errors are Django's, and
+    the statements are logged where Django logs queries (tests counting queries see them).
+    Only cursors made here prepare: Django's (client-side binding) never do, whatever the
+    threshold."""
     db = connections[DEFAULT_DB_ALIAS]  # this thread's connection, looked up once
     db.ensure_connection()
-    if settings.DATABASE_PREPARED_STATEMENTS:
-        db.connection.prepare_threshold = 0
-    cursor = psycopg.Cursor(db.connection)
-    if db.queries_logged:
-        with db.make_debug_cursor(cursor) as logged:
-            yield logged
-    else:
-        with db.wrap_database_errors, cursor:
-            yield cursor
+    connection = db.connection
+    if connection.prepare_threshold is None and settings.DATABASE_PREPARED_STATEMENTS:
+        connection.prepare_threshold = 0
+    cursor = psycopg.Cursor(connection)
+    return db.make_debug_cursor(cursor) if db.queries_logged else db.make_cursor(cursor)
