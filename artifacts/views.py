@@ -42,29 +42,25 @@ from runners.services import JobNotHeld, RunnerAuthError
 from runs.models import Job
 
 
-def _job_call_answer(view: Callable, request: HttpRequest, job_id, kwargs: dict[str, Any]) -> HttpResponse:
-    """Authenticate the job's token, call the view, map domain errors to status codes."""
-    try:
-        job = selectors.job_for_artifact_call(job_id=job_id, token=_bearer(request))
-        return view(request, job, **kwargs)
-    except RunnerAuthError as exc:
-        return _error(401, str(exc))
-    except JobNotHeld as exc:
-        return _error(409, str(exc), code="job_not_held")
-    except (BadRequest, services.ArtifactRefused) as exc:
-        return _error(400, str(exc))
-
-
 def job_call(*methods: str) -> Callable:
-    """A runner-API artifact call about a RUNNING job, in a thread of its own (Django's for a
-    sync view): for the calls that stream a body or check a stored object."""
+    """A runner-API artifact call about a RUNNING job: authenticate the job's token, call the
+    view, map domain errors to status codes. In a thread of its own (Django's for a sync
+    view): for the calls that stream a body or check a stored object."""
 
     def decorate(view: Callable) -> Callable:
         @csrf_exempt
         @require_http_methods(list(methods))
         @wraps(view)
         def wrapper(request: HttpRequest, job_id, **kwargs) -> HttpResponse:
-            return _job_call_answer(view, request, job_id, kwargs)
+            try:
+                job = selectors.job_for_artifact_call(job_id=job_id, token=_bearer(request))
+                return view(request, job, **kwargs)
+            except RunnerAuthError as exc:
+                return _error(401, str(exc))
+            except JobNotHeld as exc:
+                return _error(409, str(exc), code="job_not_held")
+            except (BadRequest, services.ArtifactRefused) as exc:
+                return _error(400, str(exc))
 
         return wrapper
 

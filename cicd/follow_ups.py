@@ -1,8 +1,8 @@
 """What follows a committed change without being part of it: events to live viewers, commit
 statuses, notifications, deployments. They run after commit (a rolled-back change announces
 nothing); inside `follow_ups_collected()` they are handed to the caller instead, at commit,
-for it to run once it has answered its client: the runner API answers a runner's report
-first (cicd.pooled.run_after_response), so the runner goes on without waiting for them.
+for it to run once it has answered its client: the views served in a pool (cicd.pooled, the
+runner API's reports among them) answer first, so a runner goes on without waiting for them.
 """
 
 from __future__ import annotations

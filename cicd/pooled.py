@@ -13,8 +13,10 @@ request signals apply as usual). Everything else goes to Django's ASGI applicati
 the runner's long-poll (an async view), and the artifact calls that stream a body, which
 would hold one of a pool's few threads for the whole transfer.
 
-Work a view leaves for after its answer (`run_after_response`) runs in the pool once the
-response is sent; under any other server (WSGI, the test client) it runs before the answer.
+What a request's committed changes announce (cicd.follow_ups: viewer events, commit
+statuses, notifications) runs in the pool once the response is sent: a runner's report is
+answered without waiting for it. Under any other server (WSGI, the test client) it runs at
+commit, before the answer, as anywhere else.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.base import BaseHandler
 from django.db import close_old_connections
-from django.http import HttpRequest, HttpResponseBase
+from django.http import HttpResponseBase
 from django.urls import Resolver404, resolve, set_script_prefix
+
+from cicd.follow_ups import follow_ups_collected
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +55,6 @@ def pooled(pool: str) -> Callable[[Callable], Callable]:
         return view
 
     return mark
-
-
-def run_after_response(request: HttpRequest, response: HttpResponseBase, work: Work) -> None:
-    """Have `work` run once `response` is on its way, when a pool serves the request (the
-    client need not wait for it); otherwise now. A failing item is logged, the rest still run."""
-    if getattr(request, "served_by_pool", False):
-        response.after_response = work
-    else:
-        _run(work)
 
 
 def _run(work: Work) -> None:
@@ -113,28 +108,27 @@ class PooledViews(ASGIHandler):
         except RequestAborted:
             return
         loop = asyncio.get_running_loop()
-        response = await loop.run_in_executor(executor, self._respond, scope, body_file)
+        response, follow_ups = await loop.run_in_executor(executor, self._respond, scope, body_file)
         try:
             await self.send_response(response, send)
         finally:
             if response.streaming:
                 await loop.run_in_executor(executor, response.close)
-            work = getattr(response, "after_response", None)
-            if work:
-                executor.submit(_in_pool_thread, work)  # not waited for
+            if follow_ups:
+                executor.submit(_in_pool_thread, follow_ups)  # not waited for
 
-    def _respond(self, scope: Scope, body_file: Any) -> HttpResponseBase:
+    def _respond(self, scope: Scope, body_file: Any) -> tuple[HttpResponseBase, Work]:
         try:
             set_script_prefix(get_script_prefix(scope))
             signals.request_started.send(sender=self.__class__, scope=scope)
             request, response = self.create_request(scope, body_file)
-            if request is not None:
-                request.served_by_pool = True
-                response = self.get_response(request)
+            with follow_ups_collected() as follow_ups:
+                if request is not None:
+                    response = self.get_response(request)
             if not response.streaming:
                 # The content is in hand: request_finished (which returns the database
                 # connection, or closes an old or broken one) runs here, in this thread.
                 response.close()
-            return response
+            return response, follow_ups
         finally:
             body_file.close()

@@ -23,8 +23,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from cicd.follow_ups import follow_ups_collected
-from cicd.pooled import pooled, run_after_response
+from cicd.pooled import pooled
 from logs.services import LogGap
 from runners import services
 from runners.models import Executor, Runner
@@ -246,27 +245,20 @@ def heartbeat(request: HttpRequest, runner: Runner, data: dict, job_id) -> JsonR
 
 @runner_endpoint
 def step_start(request: HttpRequest, runner: Runner, data: dict, job_id, step_id) -> JsonResponse:
-    # The step's viewers hear of it after the runner has its answer (as for finish, below).
-    with follow_ups_collected() as follow_ups:
-        services.step_start(job_id=job_id, step_id=step_id, runner=runner)
-    response = JsonResponse({})
-    run_after_response(request, response, follow_ups)
-    return response
+    services.step_start(job_id=job_id, step_id=step_id, runner=runner)
+    return JsonResponse({})
 
 
 @runner_endpoint
 def step_finish(request: HttpRequest, runner: Runner, data: dict, job_id, step_id) -> JsonResponse:
     exit_code = _exit_code(data)
-    with follow_ups_collected() as follow_ups:
-        try:
-            services.step_finish(
-                job_id=job_id, step_id=step_id, runner=runner, status=_field(data, "status", str), exit_code=exit_code
-            )
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
-    response = JsonResponse({})
-    run_after_response(request, response, follow_ups)
-    return response
+    try:
+        services.step_finish(
+            job_id=job_id, step_id=step_id, runner=runner, status=_field(data, "status", str), exit_code=exit_code
+        )
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return JsonResponse({})
 
 
 @pooled("runner-api")
@@ -309,21 +301,19 @@ def finish(request: HttpRequest, runner: Runner, data: dict, job_id) -> JsonResp
     exit_code = _exit_code(data)
     # The job's end is committed (and the jobs it unblocks queued, their runners woken) before
     # the answer; what follows the run's change (its viewers' events, commit status,
-    # notifications) is no part of it: the runner, free for its next job, need not wait for it.
-    with follow_ups_collected() as follow_ups:
-        try:
-            services.job_complete(
-                job_id=job_id,
-                runner=runner,
-                status=_field(data, "status", str),
-                exit_code=exit_code,
-                reason=_field(data, "reason", str, "")[:500],
-            )
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
-    response = JsonResponse({})
-    run_after_response(request, response, follow_ups)
-    return response
+    # notifications) runs after it, served in the pool (cicd.pooled): the runner, free for
+    # its next job, need not wait for it.
+    try:
+        services.job_complete(
+            job_id=job_id,
+            runner=runner,
+            status=_field(data, "status", str),
+            exit_code=exit_code,
+            reason=_field(data, "reason", str, "")[:500],
+        )
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return JsonResponse({})
 
 
 @runner_endpoint

@@ -147,10 +147,7 @@ class HttpBackend:
         # asked for now or after the checkout, the answer is the same.
         transport = HttpArtifacts(self.client)
         calls = {"dependencies": transport.dependencies, "images": transport.images}
-        with self._prefetched_lock:
-            self._prefetched[job.id] = {name: self._prefetch.submit(call, job) for name, call in calls.items()}
-            while len(self._prefetched) > _PREFETCHED_JOBS:
-                self._prefetched.popitem(last=False)
+        self._keep(job, {name: self._prefetch.submit(call, job) for name, call in calls.items()})
 
     def _hold(self, job: ClaimedJob, answers: dict[str, Any]) -> None:
         """Keep answers the claim brought for the job, as a prefetch would have them."""
@@ -158,8 +155,11 @@ class HttpBackend:
         for name, answer in answers.items():
             futures[name] = Future()
             futures[name].set_result(answer)
+        self._keep(job, futures)
+
+    def _keep(self, job: ClaimedJob, futures: dict[str, Future]) -> None:
         with self._prefetched_lock:
-            self._prefetched.setdefault(job.id, {}).update(futures)
+            self._prefetched[job.id] = futures
             while len(self._prefetched) > _PREFETCHED_JOBS:
                 self._prefetched.popitem(last=False)
 

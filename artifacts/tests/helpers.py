@@ -10,6 +10,19 @@ from artifacts.models import Artifact, ArtifactType
 from artifacts.services import artifact_commit, artifact_receive, artifact_upload_begin
 from runs.models import Job
 
+# A build whose archive the test job of the next stage gets.
+TWO_STAGES = """
+stages: [build, test]
+build:
+  stage: build
+  script: [make]
+  artifacts:
+    paths: [dist/]
+test:
+  stage: test
+  script: [make test]
+"""
+
 
 def tar_gz(files: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()

@@ -17,20 +17,10 @@ from artifacts import storage
 from artifacts.models import Artifact, ArtifactStatus
 from artifacts.services import artifact_commit, artifact_store, artifact_upload_begin, artifacts_cleanup
 from artifacts.tests.conftest import _free_port, job_named, s3_storage_settings
-from artifacts.tests.helpers import upload
+from artifacts.tests.helpers import TWO_STAGES, upload
 from tests.access import make_people
 
-CONFIG = """
-stages: [build, test]
-build:
-  stage: build
-  script: [make]
-  artifacts:
-    paths: [dist/]
-test:
-  stage: test
-  script: [make test]
-"""
+CONFIG = TWO_STAGES
 
 
 def stored(s3, artifact: Artifact) -> bytes:

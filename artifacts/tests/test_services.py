@@ -19,20 +19,8 @@ from artifacts.services import (
     artifacts_reuse,
 )
 from artifacts.tests.conftest import job_named
-from artifacts.tests.helpers import tar_gz, upload
+from artifacts.tests.helpers import TWO_STAGES, tar_gz, upload
 from runs.models import JobStatus
-
-TWO_STAGES = """
-stages: [build, test]
-build:
-  stage: build
-  script: [make]
-  artifacts:
-    paths: [dist/]
-test:
-  stage: test
-  script: [make test]
-"""
 
 DIGEST = "sha256:" + "ab" * 32
 

@@ -7,20 +7,10 @@ from django.test import Client
 
 from artifacts.models import Artifact, ArtifactStatus
 from artifacts.tests.conftest import job_named
-from artifacts.tests.helpers import upload
+from artifacts.tests.helpers import TWO_STAGES, upload
 from tests.access import ROLES, SEES, make_people
 
-CONFIG = """
-stages: [build, test]
-build:
-  stage: build
-  script: [make]
-  artifacts:
-    paths: [dist/]
-test:
-  stage: test
-  script: [make test]
-"""
+CONFIG = TWO_STAGES
 
 
 def api(client: Client, method: str, path: str, token: str, **kwargs):

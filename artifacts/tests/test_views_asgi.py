@@ -14,24 +14,14 @@ from django.test import Client
 from artifacts import selectors, views
 from artifacts.services import artifact_docker_record
 from artifacts.tests.conftest import job_named
-from artifacts.tests.helpers import upload
+from artifacts.tests.helpers import TWO_STAGES, upload
 from cicd.tokens import token_generate, token_hash
 from runners.models import Runner
 from runners.tests.test_api import long_poll
 from runs.models import Job, JobStatus
 from tests.asgi_calls import Answer, call, scope, web_application
 
-CONFIG = """
-stages: [build, test]
-build:
-  stage: build
-  script: [make]
-  artifacts:
-    paths: [dist/]
-test:
-  stage: test
-  script: [make test]
-"""
+CONFIG = TWO_STAGES
 DIGEST = "sha256:" + "a" * 64
 
 
