@@ -46,6 +46,9 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 Work = list[Callable[[], None]]
 
+# Request paths whose pool (or none) PooledViews remembers.
+PATHS_REMEMBERED = 4096
+
 
 def pooled(pool: str) -> Callable[[Callable], Callable]:
     """Mark a sync view to be served in the pool named `pool` (outermost decorator)."""
@@ -86,17 +89,30 @@ class PooledViews(ASGIHandler):
             name: ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"pool-{name}")
             for name, threads in pools.items()
         }
+        self._pools_by_path: dict[str, str] = {}
 
     def executor_for(self, scope: Scope) -> ThreadPoolExecutor | None:
         if scope.get("type") != "http":
             return None
         path = str(scope.get("path", ""))
         root = str(scope.get("root_path", ""))
+        return self.executors.get(self._pool_of(path[len(root) :] if root and path.startswith(root) else path))
+
+    def _pool_of(self, path: str) -> str:
+        # Resolving the URL here, and again in Django's handler, was a twentieth of a webhook's
+        # CPU (py-spy, under a burst); the URLs do not change while the server runs.
         try:
-            match = resolve(path[len(root) :] if root and path.startswith(root) else path)
+            return self._pools_by_path[path]
+        except KeyError:
+            pass
+        try:
+            pool = getattr(resolve(path).func, "served_in_pool", "")
         except Resolver404:
-            return None
-        return self.executors.get(getattr(match.func, "served_in_pool", ""))
+            pool = ""
+        if len(self._pools_by_path) >= PATHS_REMEMBERED:  # paths with ids in them: keep it bounded
+            self._pools_by_path.clear()
+        self._pools_by_path[path] = pool
+        return pool
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         executor = self.executor_for(scope)

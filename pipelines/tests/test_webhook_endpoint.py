@@ -18,6 +18,7 @@ from django.conf import settings as django_settings
 from django.db import connection
 from django.utils import timezone
 
+from cicd import pooled
 from cicd.pooled import PooledViews
 from pipelines import deliveries
 from pipelines.deliveries import TaskSender, deliveries_resend_stuck
@@ -71,13 +72,19 @@ def broker():
         redis.Redis(unix_socket_path=urlsplit(url).path) if url.startswith("unix://") else redis.Redis.from_url(url)
     )
 
-    def sent_delivery_ids() -> list[int]:
+    def sent_tasks() -> list[list[int]]:
+        """The delivery ids of each task sent, in the order sent."""
         messages = [
             json.loads(raw) for raw in client.lrange(f"{prefix}{django_settings.CELERY_TASK_DEFAULT_QUEUE}", 0, -1)
         ]
         assert {m["headers"]["task"] for m in messages} <= {"pipelines.tasks.process_deliveries"}
-        return sorted(int(i) for m in messages for i in m["headers"]["argsrepr"].strip("([,])").split(",") if i)
+        # LPUSHed: the list holds the last task sent first.
+        return [[int(i) for i in m["headers"]["argsrepr"].strip("([,])").split(",") if i] for m in reversed(messages)]
 
+    def sent_delivery_ids() -> list[int]:
+        return sorted(i for task in sent_tasks() for i in task)
+
+    app.sent_tasks = sent_tasks
     app.sent_delivery_ids = sent_delivery_ids
     yield app
     keys = list(client.scan_iter(f"{prefix}*"))
@@ -167,6 +174,17 @@ def test_other_paths_go_to_the_wrapped_application(endpoint, path) -> None:
     assert (answer.status, answer.body) == (299, path.encode())
 
 
+def test_paths_are_routed_alike_the_first_time_and_after_and_few_are_remembered(endpoint, monkeypatch) -> None:
+    monkeypatch.setattr(pooled, "PATHS_REMEMBERED", 2)
+    paths = ["/webhooks/generic/", "/", "/webhooks/bitbucket/", "/api/runner/jobs/request", "/webhooks/github/"]
+
+    for _ in range(2):
+        routed = [endpoint.executor_for(scope(path, body=b"", headers={})) for path in paths]
+
+        assert routed == [endpoint.executors["webhooks"], None, None, None, endpoint.executors["webhooks"]]
+    assert len(endpoint._pools_by_path) <= 2
+
+
 def test_webhooks_keep_the_https_redirect_and_the_allowed_hosts(repository, settings, sender) -> None:
     settings.SECURE_SSL_REDIRECT = True
     app = PooledViews(echo_app, pools={"webhooks": THREADS})  # middleware reads its settings when loaded
@@ -187,6 +205,31 @@ def test_other_methods_get_djangos_answer(repository, endpoint) -> None:
     got = asyncio.run(call(endpoint, {**request_scope, "method": "GET"}, b""))
 
     assert got.status == 405
+
+
+def test_deliveries_that_commit_close_together_go_out_in_one_task(sender, broker, monkeypatch) -> None:
+    monkeypatch.setattr(deliveries, "SEND_WAIT", 0.5)  # ample, on a busy machine too
+
+    for delivery_id in (11, 12, 13):
+        sender.send(delivery_id)
+        time.sleep(0.05)  # committed a little apart, as a burst's deliveries are
+    deadline = time.monotonic() + 10
+    while not broker.sent_tasks() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    assert broker.sent_tasks() == [[11, 12, 13]]
+
+
+def test_a_burst_goes_out_a_full_task_at_a_time(sender, broker, monkeypatch) -> None:
+    monkeypatch.setattr(deliveries, "SEND_WAIT", 0.5)
+    ids = list(range(1, 2 * deliveries.DELIVERIES_PER_TASK + 2))
+
+    for delivery_id in ids:
+        sender.send(delivery_id)
+    sender.close()
+
+    per_task = deliveries.DELIVERIES_PER_TASK
+    assert broker.sent_tasks() == [ids[:per_task], ids[per_task : 2 * per_task], ids[2 * per_task :]]
 
 
 def test_a_broker_that_is_down_loses_no_delivery(repository, endpoint, monkeypatch, caplog, settings) -> None:

@@ -57,6 +57,15 @@ def test_a_signed_github_push_is_stored_and_queued_with_202(poster, repository, 
     assert len(callbacks) == 1
 
 
+def test_a_delivery_to_a_named_repository_costs_two_queries(poster, repository, django_assert_num_queries):
+    # The repository's row (its secret, decrypted, checks the signature) and the INSERT.
+    with django_assert_num_queries(2):
+        response = poster.generic({"ref": "refs/heads/main", "after": SHA}, query="?repository=web", delivery="g-1")
+
+    assert response.status_code == 202, response.json()
+    assert WebhookDelivery.objects.get().repository == repository
+
+
 def test_a_form_encoded_github_payload_is_accepted(poster, repository):
     response = poster.github(p.github_push(after=SHA), event="push", form=True)
     assert response.status_code == 202
