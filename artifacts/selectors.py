@@ -79,6 +79,12 @@ def artifact_for_download(*, user: Any, artifact_id: Any) -> Artifact | None:
 # --- What a job receives.
 
 
+def run_has_other_artifacts(*, run_id: Any, job_id: Any) -> bool:
+    """Whether a job of the run other than `job_id` recorded an artifact, in whatever state.
+    If none did, that job has no archives or images to receive from its dependencies."""
+    return Artifact.objects.filter(job__run_id=run_id).exclude(job_id=job_id).exists()
+
+
 def job_dependency_jobs(*, job: Job) -> list[Job]:
     """The jobs whose artifacts `job` gets, with GitLab's rules: `dependencies: [a, b]` names
     them (`[]`: none); otherwise with `needs:` the needed jobs, except those with

@@ -200,6 +200,18 @@ def images_answer(job: Job, *, jobs: list[Job] | None = None) -> dict[str, Any]:
     }
 
 
+def claim_artifact_lists(*, job_id: Any, run_id: Any) -> dict[str, Any]:
+    """What the runner would ask for next about a job it claims (dependencies_answer,
+    images_answer), for the claim answer. Most claims cost one query here: a run none of
+    whose other jobs recorded an artifact has nothing to hand over (the claim is on the
+    critical path of every job, and the full lists take four)."""
+    if not selectors.run_has_other_artifacts(run_id=run_id, job_id=job_id):
+        return {"dependencies": {"artifacts": [], "missing": []}, "images": {"images": []}}
+    job = Job.objects.get(pk=job_id)
+    jobs = selectors.job_dependency_jobs(job=job)
+    return {"dependencies": dependencies_answer(job, jobs=jobs), "images": images_answer(job, jobs=jobs)}
+
+
 @job_call("GET")
 def dependency_content(request: HttpRequest, job: Job, artifact_id) -> HttpResponse:
     available, _ = selectors.job_dependency_artifacts(job=job)

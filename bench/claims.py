@@ -131,6 +131,8 @@ def claim_throughput(*, jobs: int, concurrency: int, target) -> dict[str, object
 
     double = claimed - Job.objects.filter(status=JobStatus.SUCCESS, name__startswith="noop-").count()
     Job.objects.filter(name__startswith="noop-").delete()
+    # Runners left behind would make every later claim's foreign-key check read more rows.
+    Runner.objects.filter(pk__in=runners).delete()
     return {
         "jobs": jobs,
         "claimed": claimed,
@@ -197,4 +199,5 @@ def dispatch_latency(*, samples: int) -> dict[str, object]:
     done.set()
     thread.join(timeout=5)
     Job.objects.filter(name__startswith="dispatch-").delete()
+    runner.delete()
     return {"samples": len(latencies), "lost": samples - len(latencies), **summary_ms(latencies)}

@@ -12,8 +12,11 @@ web server serves them in its "runner-api" pool of threads (cicd.pooled).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
+import logging
+import uuid
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -28,6 +31,9 @@ from logs.services import LogGap
 from runners import services
 from runners.models import Executor, Runner
 from runners.services import JobNotHeld, RunnerAuthError, StepNotFound
+from runners.wakeups import queue_wakeups
+
+logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_LONG_POLL_S = 30.0
@@ -172,17 +178,13 @@ def _authenticate_and_claim(token: str) -> dict[str, Any] | None:
     (artifacts.views: dependencies, images), which saves it two requests per job."""
     from django.db import close_old_connections
 
-    from artifacts.selectors import job_dependency_jobs
-    from artifacts.views import dependencies_answer, images_answer
-    from runs.models import Job
+    from artifacts.views import claim_artifact_lists
 
     close_old_connections()
     claimed = services.job_claim(runner=services.runner_authenticate(token=token))
     if claimed is None:
         return None
-    job = Job.objects.get(pk=claimed.id)
-    jobs = job_dependency_jobs(job=job)
-    lists = {"dependencies": dependencies_answer(job, jobs=jobs), "images": images_answer(job, jobs=jobs)}
+    lists = claim_artifact_lists(job_id=claimed.id, run_id=claimed.run_id)
     return {**dataclasses.asdict(claimed), "artifact_lists": lists}
 
 
@@ -198,43 +200,38 @@ async def request_job(request: HttpRequest) -> HttpResponse:
     except BadRequest as exc:
         return _error(exc.status, str(exc))
     token = _bearer(request)
-    deadline = asyncio.get_running_loop().time() + max(0.0, min(wait, MAX_LONG_POLL_S))
-    listener = None
-    try:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(0.0, min(wait, MAX_LONG_POLL_S))
+    wakeups = queue_wakeups()
+    async with contextlib.AsyncExitStack() as listening:
+        listens = False
         while True:
+            wakeup = wakeups.next_wakeup()  # before the claim: a NOTIFY during it is not missed
             try:
                 answer = await _authenticate_and_claim(token)
             except RunnerAuthError as exc:
                 return _error(401, str(exc))
             if answer is not None:
                 return JsonResponse(answer)
-            remaining = deadline - asyncio.get_running_loop().time()
+            remaining = deadline - loop.time()
             if remaining <= 0:
                 return HttpResponse(status=204)  # no body: h11 aborts a 204 with one
-            if listener is None:
-                listener = await _async_listener()
+            if not listens:
+                try:
+                    await listening.enter_async_context(wakeups.listening(timeout=remaining))
+                except Exception as exc:  # the database away: poll, once a second, till it is back
+                    logger.warning("long-poll: no LISTEN (%s); polling", exc)
+                    await asyncio.sleep(min(remaining, 1.0))
+                    continue
+                listens = True
                 # A job queued between the claim above and the LISTEN sent its NOTIFY before
                 # anyone here listened: claim once more before waiting, or it would wait for
                 # the next NOTIFY or the end of the long-poll (up to MAX_LONG_POLL_S).
                 continue
             try:
-                async for _ in listener.notifies(timeout=remaining, stop_after=1):
-                    break
-            except Exception:
+                await asyncio.wait_for(wakeup.wait(), remaining)
+            except TimeoutError:
                 return HttpResponse(status=204)  # no body: h11 aborts a 204 with one
-    finally:
-        if listener is not None:
-            await listener.close()
-
-
-async def _async_listener():
-    import psycopg
-
-    from runners.backends import QUEUE_CHANNEL, listen_params
-
-    conn = await psycopg.AsyncConnection.connect(autocommit=True, **listen_params())
-    await conn.execute(f"LISTEN {QUEUE_CHANNEL}")
-    return conn
 
 
 @runner_endpoint
@@ -310,10 +307,37 @@ def finish(request: HttpRequest, runner: Runner, data: dict, job_id) -> JsonResp
             status=_field(data, "status", str),
             exit_code=exit_code,
             reason=_field(data, "reason", str, "")[:500],
+            step_ends=_step_ends(data),
         )
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     return JsonResponse({})
+
+
+# More than a job has steps is a malformed report, not a job.
+MAX_STEP_ENDS = 1000
+
+
+def _step_ends(data: dict[str, Any]) -> list[services.StepEnd]:
+    """The optional "steps" of a finish: [{"id", "status", "exit_code"}], the ends of steps
+    the runner did not report on their own (ClaimedJob.finish_takes_step_ends)."""
+    ends = _field(data, "steps", list, [])
+    if len(ends) > MAX_STEP_ENDS:
+        raise BadRequest(f"field 'steps' must have at most {MAX_STEP_ENDS} entries")
+    if not all(isinstance(end, dict) for end in ends):
+        raise BadRequest("field 'steps' must be a list of objects")
+    return [
+        services.StepEnd(step_id=_step_id(end), status=_field(end, "status", str), exit_code=_exit_code(end))
+        for end in ends
+    ]
+
+
+def _step_id(end: dict[str, Any]) -> str:
+    step_id = _field(end, "id", str)
+    try:
+        return str(uuid.UUID(step_id))
+    except ValueError:
+        raise BadRequest(f"{step_id!r} is not a step id") from None
 
 
 @runner_endpoint

@@ -686,20 +686,34 @@ class JobArtifacts:
 
     # After the steps.
 
-    def after_steps(self, result: JobResult, step: ClaimedStep | None) -> JobResult:
-        """Upload what `artifacts:` and `conveyor-artifact` ask for, if `when:` says so. An
-        upload that fails fails a job that had succeeded (as in GitLab)."""
-        if self.transport is None or step is None or result.status not in {StepStatus.SUCCESS, StepStatus.FAILURE}:
-            return result
-        if self.caches:
-            self._push_caches(result, step)
+    def work_after_steps(self, result: JobResult) -> bool:
+        """Whether after_steps has anything to do once the steps ended with `result`: caches
+        to save, artifacts or test reports to upload, images to record."""
+        if self.transport is None or result.status not in {StepStatus.SUCCESS, StepStatus.FAILURE}:
+            return False
+        return bool(self.caches) or any(self._uploads_wanted(result))
+
+    def _junit_reports(self) -> list[str]:
+        return (self.section.get("reports") or {}).get("junit") or []
+
+    def _uploads_wanted(self, result: JobResult) -> tuple[bool, bool, bool]:
+        """(archive the paths, upload the test reports, record the images) for `result`."""
         when = str(self.section.get("when") or "on_success")
-        reports = (self.section.get("reports") or {}).get("junit") or []
         records = self.records.exists() and self.records.stat().st_size > 0
         wants_paths = bool(self.section.get("paths")) and _wanted(when, result.status)
         # Test reports matter most when tests fail: uploaded whatever the job's outcome.
-        wants_reports = bool(reports) and result.status in {StepStatus.SUCCESS, StepStatus.FAILURE}
+        wants_reports = bool(self._junit_reports())
         wants_images = records and _wanted(when, result.status)
+        return wants_paths, wants_reports, wants_images
+
+    def after_steps(self, result: JobResult, step: ClaimedStep | None) -> JobResult:
+        """Upload what `artifacts:` and `conveyor-artifact` ask for, if `when:` says so. An
+        upload that fails fails a job that had succeeded (as in GitLab)."""
+        if step is None or not self.work_after_steps(result):
+            return result
+        if self.caches:
+            self._push_caches(result, step)
+        wants_paths, wants_reports, wants_images = self._uploads_wanted(result)
         if not (wants_paths or wants_reports or wants_images):
             return result
         log = self._log(step)
@@ -708,7 +722,7 @@ class JobArtifacts:
                 name = expand(str(self.section.get("name") or "artifacts"), self.job.variables) or "artifacts"
                 self._upload(name, "BINARY", self.section.get("paths") or [], self.section.get("exclude") or [], log)
             if wants_reports:
-                self._upload("junit", "TEST_REPORT", reports, [], log)
+                self._upload("junit", "TEST_REPORT", self._junit_reports(), [], log)
             if wants_images:
                 self._record_images(log)
         except JobNotHeld:

@@ -119,7 +119,12 @@ class OrmBackend:
 
     def complete(self, job: ClaimedJob, result: JobResult) -> None:
         self._report(
-            services.job_complete, job_id=job.id, status=result.status, exit_code=result.exit_code, reason=result.reason
+            services.job_complete,
+            job_id=job.id,
+            status=result.status,
+            exit_code=result.exit_code,
+            reason=result.reason,
+            step_ends=result.step_ends,
         )
 
     def release(self, job: ClaimedJob, reason: str) -> None:

@@ -13,7 +13,7 @@ import requests
 
 from runners.artifacts import HttpArtifacts
 from runners.executors.base import JobResult
-from runners.services import ClaimedJob, ClaimedStep
+from runners.services import ClaimedJob, ClaimedStep, StepEnd
 
 logger = logging.getLogger(__name__)
 
@@ -248,15 +248,24 @@ class HttpBackend:
         return int(response.json()["next_offset"])
 
     def step_finished(self, job: ClaimedJob, step: ClaimedStep, *, status: str, exit_code: int | None) -> None:
-        response = self._job_call(
-            f"jobs/{job.id}/steps/{step.id}/finish", {"status": status, "exit_code": exit_code}, "step finish"
-        )
+        self._step_end(job, StepEnd(step_id=step.id, status=status, exit_code=exit_code))
+
+    def _step_end(self, job: ClaimedJob, end: StepEnd) -> None:
+        body = {"status": end.status, "exit_code": end.exit_code}
+        response = self._job_call(f"jobs/{job.id}/steps/{end.step_id}/finish", body, "step finish")
         if response is not None:
             self._check(response, "step finish")
 
     def complete(self, job: ClaimedJob, result: JobResult) -> None:
         self._forget_prefetched(job)
         body = {"status": result.status, "exit_code": result.exit_code, "reason": result.reason}
+        if job.finish_takes_step_ends:
+            body["steps"] = [
+                {"id": end.step_id, "status": end.status, "exit_code": end.exit_code} for end in result.step_ends
+            ]
+        else:  # an older server: each on its own first
+            for end in result.step_ends:
+                self._step_end(job, end)
         response = self._job_call(f"jobs/{job.id}/finish", body, "finish")
         if response is not None:
             self._check(response, "finish")

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Exists
 from django.utils import timezone
 
 from audit.models import AuditAction
@@ -27,7 +29,7 @@ from cicd.tokens import token_generate, token_hash
 from logs.services import step_status_publish
 from runners.models import Executor, RegistrationToken, Runner
 from runners.variables import JobFacts, job_variables
-from runs.models import Job, JobStatus, Step, StepStatus
+from runs.models import Job, JobStatus, PipelineRun, Step, StepStatus
 
 logger = logging.getLogger(__name__)
 
@@ -132,8 +134,8 @@ def runners_set_paused(*, runners, paused: bool) -> int:
     return Runner.objects.filter(pk__in=[r.pk for r in runners]).exclude(is_paused=paused).update(is_paused=paused)
 
 
-def runner_touch(*, runner: Runner, version: str | None = None) -> None:
-    now = timezone.now()
+def runner_touch(*, runner: Runner, version: str | None = None, now: datetime | None = None) -> None:
+    now = now or timezone.now()
     # Writing last_seen on every claim would make the runner row a hot spot; once per 10 s is plenty.
     if runner.last_seen_at is None or now - runner.last_seen_at > timedelta(seconds=10):
         updates: dict[str, Any] = {"last_seen_at": now}
@@ -173,6 +175,10 @@ class ClaimedJob:
     # Names of the variables whose values the runner masks in the job's log (the server masks
     # them again at ingest): the masked CI/CD variables, and CI_JOB_TOKEN.
     masked_variables: list[str] = field(default_factory=list)
+    # The server takes the end of the job's last step with the job's finish (job_complete's
+    # step_ends): one request less per job. False from a server that does not say so (an
+    # older one): the runner then reports every step's end on its own.
+    finish_takes_step_ends: bool = False
 
 
 def _lease() -> timedelta:
@@ -180,13 +186,14 @@ def _lease() -> timedelta:
 
 
 # The claim, as ONE call (one round trip, no transaction held open by Python) of the
-# PL/pgSQL function conveyor_claim_job (runners/migrations/0004_claim_function.py): lock the
-# first QUEUED job in queue_key order whose tags the runner has, skipping rows other
-# claimers hold (what select_for_update(skip_locked=True) issues, served by the partial
-# index job_queue_idx), mark it RUNNING with a lease and the hash of a fresh job token, and
-# return what the runner needs with the job's steps. Hot path: the Django ORM costs 5 round
-# trips and ~1 ms of query compilation here; the function's statements are planned once per
-# connection, in the one plan that keeps a claim's cost flat however long the queue (bench/),
+# PL/pgSQL function conveyor_claim_job (runners/migrations/0004_claim_function.py, then
+# 0005_claim_function_index_joins.py): lock the first QUEUED job in queue_key order whose
+# tags the runner has, skipping rows other claimers hold (what
+# select_for_update(skip_locked=True) issues, served by the partial index job_queue_idx),
+# mark it RUNNING with a lease and the hash of a fresh job token, and return what the
+# runner needs with the job's steps. Hot path: the Django ORM costs 5 round trips and ~1 ms
+# of query compilation here; the function's statements are planned once per connection, in
+# the one plan that keeps a claim's cost flat however long the queue or the tables (bench/),
 # and the call itself is a prepared statement (cicd.db).
 _CLAIM_SQL = "SELECT * FROM conveyor_claim_job(%s::varchar[], %s::uuid, %s, %s, %s)"
 
@@ -211,12 +218,12 @@ def job_claim(*, runner: Runner) -> ClaimedJob | None:
     (job_id, name, stage, attempt, timeout_s, spec, run_id, number, sha, message, branch, is_tag, trigger) = row[:13]
     run_variables, repository_name, clone_url, default_branch, steps, has_variables = row[13:]
     facts = JobFacts(
-        job_id=str(job_id),
+        job_id=job_id,
         job_name=name,
         stage=stage,
         attempt=attempt,
         spec=_json(spec) or {},
-        run_id=str(run_id),
+        run_id=run_id,
         run_number=number,
         trigger=trigger,
         commit_sha=sha,
@@ -228,7 +235,7 @@ def job_claim(*, runner: Runner) -> ClaimedJob | None:
         default_branch=default_branch,
         clone_url=clone_url,
     )
-    runner_touch(runner=runner)
+    runner_touch(runner=runner, now=now)
     try:
         return _claimed_job(
             job=facts,
@@ -300,6 +307,7 @@ def _claimed_job(
         variables=job_variables(job=job, runner=runner, job_token=job_token, project=project.values),
         spec={k: v for k, v in job.spec.items() if k in {"image", "services", "artifacts", "cache", "deploy"}},
         masked_variables=[*project.masked, "CI_JOB_TOKEN"],
+        finish_takes_step_ends=True,
     )
 
 
@@ -320,14 +328,28 @@ def _check_step_of_job(*, job_id, step_id) -> None:
         raise StepNotFound(f"step {step_id} is not a step of job {job_id}")
 
 
-def step_start(*, job_id, step_id, runner: Runner) -> None:
+def _held_steps(*, job_id, step_id, runner: Runner, statuses: list[str]):
+    """The step, if it is in one of `statuses` and its job runs on `runner`: one statement
+    checks both (a step report on the critical path of every job: one query, not two)."""
+    return Step.objects.filter(
+        Exists(_held(job_id=job_id, runner=runner)), pk=step_id, job_id=job_id, status__in=statuses
+    )
+
+
+def _not_applied(*, job_id, step_id, runner: Runner) -> None:
+    """Why a step report changed nothing: JobNotHeld, StepNotFound, or (returns) a resent
+    report, already applied."""
     if not _held(job_id=job_id, runner=runner).exists():
         raise JobNotHeld(f"job {job_id} is not running on this runner")
-    started = Step.objects.filter(pk=step_id, job_id=job_id, status=StepStatus.PENDING).update(
+    _check_step_of_job(job_id=job_id, step_id=step_id)
+
+
+def step_start(*, job_id, step_id, runner: Runner) -> None:
+    started = _held_steps(job_id=job_id, step_id=step_id, runner=runner, statuses=[StepStatus.PENDING]).update(
         status=StepStatus.RUNNING, started_at=timezone.now()
     )
     if not started:
-        _check_step_of_job(job_id=job_id, step_id=step_id)  # else: a resent report, already applied
+        _not_applied(job_id=job_id, step_id=step_id, runner=runner)
         return
     step_status_publish(step_id=step_id)
 
@@ -335,13 +357,12 @@ def step_start(*, job_id, step_id, runner: Runner) -> None:
 def step_finish(*, job_id, step_id, runner: Runner, status: str, exit_code: int | None) -> None:
     if status not in StepStatus.TERMINAL:
         raise ValueError(f"a step cannot finish as {status!r}")
-    if not _held(job_id=job_id, runner=runner).exists():
-        raise JobNotHeld(f"job {job_id} is not running on this runner")
-    finished = Step.objects.filter(
-        pk=step_id, job_id=job_id, status__in=[StepStatus.PENDING, StepStatus.RUNNING]
-    ).update(status=status, exit_code=exit_code, finished_at=timezone.now())
+    statuses = [StepStatus.PENDING, StepStatus.RUNNING]
+    finished = _held_steps(job_id=job_id, step_id=step_id, runner=runner, statuses=statuses).update(
+        status=status, exit_code=exit_code, finished_at=timezone.now()
+    )
     if not finished:
-        _check_step_of_job(job_id=job_id, step_id=step_id)
+        _not_applied(job_id=job_id, step_id=step_id, runner=runner)
         return
     step_status_publish(step_id=step_id)
 
@@ -381,15 +402,39 @@ def step_log(*, job_id, step_id, offset: int, text: str, runner: Runner | None =
     return log_chunk_append(step=step, offset=offset, content=text, masked=masked)
 
 
-def job_complete(*, job_id, runner: Runner, status: str, exit_code: int | None = None, reason: str = "") -> None:
-    """The runner's final report. Fenced: refused unless this runner still holds the job.
+@dataclass(frozen=True)
+class StepEnd:
+    """How a step ended, as step_finish takes it."""
 
-    The run row is locked first (inside job_finish), then the job: the same order as every
-    other writer of a run, so concurrent finishes of sibling jobs cannot deadlock."""
+    step_id: str
+    status: str
+    exit_code: int | None = None
+
+
+@transaction.atomic
+def job_complete(
+    *,
+    job_id,
+    runner: Runner,
+    status: str,
+    exit_code: int | None = None,
+    reason: str = "",
+    step_ends: Sequence[StepEnd] = (),
+) -> None:
+    """The runner's final report, with the ends of the steps it did not report on their own
+    (its last one, usually: the job's finish then costs one request, not two). Fenced:
+    refused unless this runner still holds the job, and then nothing of it is applied.
+
+    The run row is locked first, then the steps and the job: the same order as every other
+    writer of a run (job_finish, cancels), so concurrent reports cannot deadlock."""
     from runs.services import job_finish
 
     if status not in {JobStatus.SUCCESS, JobStatus.FAILURE}:
         raise ValueError(f"a runner reports SUCCESS or FAILURE, not {status!r}")
+    if step_ends:
+        PipelineRun.objects.select_for_update(no_key=True, of=("self",)).filter(jobs__id=job_id).first()
+    for end in step_ends:
+        step_finish(job_id=job_id, step_id=end.step_id, runner=runner, status=end.status, exit_code=end.exit_code)
     if not job_finish(job_id=job_id, status=status, exit_code=exit_code, reason=reason, runner=runner):
         raise JobNotHeld(f"job {job_id} is not running on this runner")
 

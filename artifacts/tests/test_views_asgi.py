@@ -129,3 +129,30 @@ def test_the_claim_answer_carries_the_artifact_lists_the_runner_would_ask_for(de
     assert [entry["name"] for entry in lists["dependencies"]["artifacts"]] == ["dist"]
     assert lists["dependencies"] == over_wsgi("get", f"jobs/{test.pk}/artifacts/dependencies", token).json()
     assert lists["images"] == over_wsgi("get", f"jobs/{test.pk}/artifacts/images", token).json()
+
+
+@pytest.mark.django_db(transaction=True)  # the long-poll claims in a thread of its own
+def test_a_claim_in_a_run_without_artifacts_answers_the_lists_the_endpoints_would(make_run, start, finish) -> None:
+    run = make_run(CONFIG)
+    build, _ = start(job_named(run, "build"))
+    finish(build)  # done, and recorded no artifact
+    token = token_generate("cvr_")
+    Runner.objects.create(name="claimer", tags=[], token_hash=token_hash(token))
+
+    claimed = long_poll(token, wait=0).result(timeout=20)
+
+    assert claimed.status_code == 200
+    test_id = claimed.json()["id"]
+    assert test_id == str(job_named(run, "test").pk)
+    assert not selectors.run_has_other_artifacts(run_id=run.pk, job_id=test_id)
+    lists = claimed.json()["artifact_lists"]
+    assert lists["dependencies"] == over_wsgi("get", f"jobs/{test_id}/artifacts/dependencies", token).json()
+    assert lists["images"] == over_wsgi("get", f"jobs/{test_id}/artifacts/images", token).json()
+
+
+def test_a_run_has_other_artifacts_once_another_of_its_jobs_recorded_one(dependent) -> None:
+    test, _ = dependent
+    build = job_named(test.run, "build")
+
+    assert selectors.run_has_other_artifacts(run_id=test.run_id, job_id=test.pk)
+    assert not selectors.run_has_other_artifacts(run_id=test.run_id, job_id=build.pk)

@@ -7,11 +7,11 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from logs.masking import Masker
-from runners.services import ClaimedJob, ClaimedStep
+from runners.services import ClaimedJob, ClaimedStep, StepEnd
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,9 @@ class JobResult:
     status: str  # SUCCESS | FAILURE | CANCELLED
     exit_code: int | None = None
     reason: str = ""
+    # Ends of steps not reported yet: they go with the job's finish (the runner's last step,
+    # when nothing follows it; see ShellExecutor).
+    step_ends: list[StepEnd] = field(default_factory=list)
 
 
 def job_masked_values(job: ClaimedJob) -> list[str]:

@@ -35,7 +35,7 @@ from pipelines.git import GitError, run_git
 from runners.artifacts import JobArtifacts
 from runners.deploy.job import run_deploy_step
 from runners.executors.base import JobResult, LogStream, Reporter
-from runners.services import ClaimedJob, ClaimedStep
+from runners.services import ClaimedJob, ClaimedStep, StepEnd
 from runs.models import StepKind, StepStatus
 
 _KILL_GRACE_S = 2.0
@@ -333,18 +333,25 @@ class ShellExecutor:
             # after_script gets its own short budget even when the job timed out (GitLab: 5 min).
             step_deadline = deadline if step.kind != StepKind.AFTER_SCRIPT else time.monotonic() + 300
             log = first_log if step is steps[0] else None
+            end = None
             if step.kind == StepKind.DEPLOY:  # a `deploy:` job's Kubernetes rollout, run here
                 status, exit_code, note = run_deploy_step(
                     self.reporter, job, step, env, project, stop, step_deadline, log
                 )
             else:
-                status, exit_code, note = self._run_step(job, step, env, state, project, stop, step_deadline, log)
+                status, exit_code, note, end = self._run_step(job, step, env, state, project, stop, step_deadline, log)
             last_run = step
-            if step.kind == StepKind.AFTER_SCRIPT:
-                continue  # its outcome never changes the job's
-            if status != StepStatus.SUCCESS:
+            if step.kind != StepKind.AFTER_SCRIPT and status != StepStatus.SUCCESS:  # after_script's never counts
                 main_failed = True
                 result = JobResult(status=status, exit_code=exit_code, reason=note)
+            if end is None:
+                continue
+            if step is steps[-1] and not stop.is_set() and not artifacts.work_after_steps(result):
+                # Nothing follows the last step: its end goes with the job's finish, one
+                # request instead of two (backends put it in the finish, or before it).
+                result.step_ends.append(end)
+            else:
+                self.reporter.step_finished(job, step, status=end.status, exit_code=end.exit_code)
         # After after_script, as in GitLab; the upload's lines end the last step's log.
         return result if stop.is_set() else artifacts.after_steps(result, last_run)
 
@@ -419,13 +426,18 @@ class ShellExecutor:
                 (git_dir / relative).write_bytes(contents)
 
     def _script(self, command: str, state: Path, project: Path) -> str:
+        """The step's command, in the working directory and with the exports the previous
+        step left (state/cwd, state/env), saving them in turn as it exits (state/env.new, made
+        state/env by _keep_exports). Shell builtins only: a `$(cat ...)` and an `mv` here were
+        two processes more per step."""
         env_file, cwd_file = shlex.quote(str(state / "env")), shlex.quote(str(state / "cwd"))
+        new_env_file = shlex.quote(str(state / "env.new"))
         return "\n".join(
             [
                 f"if [ -f {env_file} ]; then . {env_file}; fi",
-                f'cd "$(cat {cwd_file} 2>/dev/null || echo {shlex.quote(str(project))})"',
-                "__conveyor_save() { __rc=$?; export -p > "
-                f"{env_file}.tmp && mv {env_file}.tmp {env_file}; pwd > {cwd_file}; exit $__rc; }}",
+                f"if [ -f {cwd_file} ] && IFS= read -r __conveyor_cwd < {cwd_file}; "
+                f'then cd "$__conveyor_cwd"; else cd {shlex.quote(str(project))}; fi',
+                f"__conveyor_save() {{ __rc=$?; export -p > {new_env_file}; pwd > {cwd_file}; exit $__rc; }}",
                 "trap __conveyor_save EXIT",
                 "set -eo pipefail",
                 command,
@@ -443,8 +455,9 @@ class ShellExecutor:
         stop: threading.Event,
         deadline: float,
         log: LogStream | None,
-    ) -> tuple[str, int | None, str]:
-        """Run a script step: its log continues `log` (the first step's, after the checkout) or starts."""
+    ) -> tuple[str, int | None, str, StepEnd]:
+        """Run a script step: its log continues `log` (the first step's, after the checkout) or
+        starts. Reports its start; its end (the last value) is the caller's to report."""
         self.reporter.step_started(job, step)
         log = log or LogStream(self.reporter, job, step)
         log.write(f"$ {step.command}\n")
@@ -488,6 +501,7 @@ class ShellExecutor:
             log.write(f"\n{'Cancelled' if note == 'cancelled' else 'Timeout'}: {note}\n")
         exit_code = process.wait()
         process.stdout.close()
+        _keep_exports(state, complete=not note and exit_code >= 0)
         if not note and exit_code != 0:
             log.write(f"\nexit code {exit_code}\n")
         log.flush(final=True)
@@ -497,8 +511,19 @@ class ShellExecutor:
             status = StepStatus.FAILURE
         else:
             status = StepStatus.SUCCESS
-        self.reporter.step_finished(job, step, status=status, exit_code=None if note else exit_code)
-        return status, exit_code, note or (f"step {step.name!r} exited with {exit_code}" if exit_code else "")
+        end = StepEnd(step_id=step.id, status=status, exit_code=None if note else exit_code)
+        return status, exit_code, note or (f"step {step.name!r} exited with {exit_code}" if exit_code else ""), end
+
+
+def _keep_exports(state: Path, *, complete: bool) -> None:
+    """The exports a step saved as it exited become the next step's. Not when it was stopped
+    (a cancel, a timeout, a signal): its save may have been cut off halfway, and the next
+    step (after_script) gets the previous step's instead."""
+    saved = state / "env.new"
+    if complete and saved.exists():
+        os.replace(saved, state / "env")
+    else:
+        saved.unlink(missing_ok=True)
 
 
 def _read_tree(root: Path) -> dict[str, bytes | None]:

@@ -14,6 +14,7 @@ class RecordingReporter:
         self.logs: dict[str, list[tuple[int, str]]] = defaultdict(list)
         self.started: list[str] = []
         self.finished: dict[str, tuple[str, int | None]] = {}
+        self.ended_with_job: list[str] = []  # steps whose end came with the job's result
 
     def step_started(self, job: ClaimedJob, step: ClaimedStep) -> None:
         with self.lock:
@@ -26,6 +27,15 @@ class RecordingReporter:
     def step_finished(self, job: ClaimedJob, step: ClaimedStep, *, status: str, exit_code: int | None) -> None:
         with self.lock:
             self.finished[step.name] = (status, exit_code)
+
+    def complete(self, job: ClaimedJob, result) -> None:
+        """What a backend does with the job's result: the step ends it carries (the last
+        step's, when nothing followed it) are finished steps too."""
+        names = {step.id: step.name for step in job.steps}
+        with self.lock:
+            self.ended_with_job = [names[end.step_id] for end in result.step_ends]
+            for end in result.step_ends:
+                self.finished[names[end.step_id]] = (end.status, end.exit_code)
 
     def log_of(self, name: str) -> str:
         chunks = self.logs[name]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -19,7 +20,14 @@ from django.utils import timezone
 
 from logs.models import StepLog
 from runners.models import RegistrationToken, Runner
-from runners.services import job_claim, registration_token_create, runner_register, runner_revoke
+from runners.services import (
+    job_claim,
+    registration_token_create,
+    runner_register,
+    runner_revoke,
+    step_finish,
+    step_start,
+)
 from runs.models import Job, JobStatus, Step, StepStatus
 from runs.tests.factories import create_run, current_job, job
 from tests.asgi_calls import Answer, call, scope, web_application
@@ -391,6 +399,73 @@ def test_the_holder_reports_a_whole_job_through_the_api(client, holder, held_job
     assert list(StepLog.objects.filter(step_id=step.id).values_list("offset", "content")) == [(0, "héllo\n")]
 
 
+def test_a_step_report_of_the_holder_is_one_statement(holder, held_job, django_assert_num_queries):
+    runner, _ = holder
+    step = held_job.steps[0]
+
+    with django_assert_num_queries(1):  # the held check is part of the UPDATE
+        step_start(job_id=held_job.id, step_id=step.id, runner=runner)
+    with django_assert_num_queries(1):
+        step_finish(job_id=held_job.id, step_id=step.id, runner=runner, status="SUCCESS", exit_code=0)
+
+    assert Step.objects.values_list("status", "exit_code").get(pk=step.id) == (StepStatus.SUCCESS, 0)
+
+
+def test_a_resent_step_report_changes_nothing_and_is_not_refused(holder, held_job):
+    runner, _ = holder
+    step = held_job.steps[0]
+    step_start(job_id=held_job.id, step_id=step.id, runner=runner)
+    step_finish(job_id=held_job.id, step_id=step.id, runner=runner, status="FAILURE", exit_code=2)
+    before = db_snapshot()
+
+    step_start(job_id=held_job.id, step_id=step.id, runner=runner)
+    step_finish(job_id=held_job.id, step_id=step.id, runner=runner, status="SUCCESS", exit_code=0)
+
+    assert db_snapshot() == before
+
+
+def test_a_finish_can_carry_the_end_of_the_jobs_last_step(client, holder, held_job):
+    _, token = holder
+    first, last = held_job.steps
+    for step in (first, last):
+        assert post(client, f"jobs/{held_job.id}/steps/{step.id}/start", token=token).status_code == 200
+    done = {"status": "SUCCESS", "exit_code": 0}
+    assert post(client, f"jobs/{held_job.id}/steps/{first.id}/finish", done, token=token).status_code == 200
+
+    finish = {**done, "steps": [{"id": last.id, "status": "FAILURE", "exit_code": 1}]}
+    response = post(client, f"jobs/{held_job.id}/finish", finish, token=token)
+
+    assert response.status_code == 200, response.content
+    assert Job.objects.get(pk=held_job.id).status == JobStatus.SUCCESS
+    ended = Step.objects.get(pk=last.id)
+    assert (ended.status, ended.exit_code) == (StepStatus.FAILURE, 1)
+    assert ended.finished_at is not None
+
+
+def test_a_finish_carrying_the_end_of_another_jobs_step_is_a_404_and_changes_nothing(client, holder, held_job):
+    _, token = holder
+    other_step = Step.objects.exclude(job_id=held_job.id).first()
+    before = db_snapshot()
+
+    finish = {"status": "SUCCESS", "exit_code": 0, "steps": [{"id": str(other_step.pk), "status": "SUCCESS"}]}
+    response = post(client, f"jobs/{held_job.id}/finish", finish, token=token)
+
+    assert response.status_code == 404, response.content
+    assert db_snapshot() == before
+
+
+def test_a_finish_with_step_ends_on_a_job_no_longer_held_is_a_409_and_changes_nothing(client, holder, held_job):
+    _, token = holder
+    Job.objects.filter(pk=held_job.id).update(status=JobStatus.CANCELLED)
+    before = db_snapshot()
+
+    finish = {"status": "SUCCESS", "steps": [{"id": held_job.steps[0].id, "status": "SUCCESS", "exit_code": 0}]}
+    response = post(client, f"jobs/{held_job.id}/finish", finish, token=token)
+
+    assert (response.status_code, response.json()["code"]) == (409, "job_not_held")
+    assert db_snapshot() == before
+
+
 def test_a_released_job_is_queued_again_as_a_new_attempt(client, holder, held_job):
     _, token = holder
 
@@ -404,6 +479,8 @@ def test_a_released_job_is_queued_again_as_a_new_attempt(client, holder, held_jo
 
 # --- Malformed bodies: a 400 with a message, never a 500.
 
+
+NO_STEP = "5d0c6a4e-0000-4000-8000-00000000dead"  # a step id of no step
 
 MALFORMED = [
     ("step finish", "jobs/{job}/steps/{step}/finish", {}, "status"),
@@ -423,6 +500,19 @@ MALFORMED = [
     ("finish", "jobs/{job}/finish", {"status": "FAILURE", "exit_code": -(2**40)}, "exit_code"),
     ("finish", "jobs/{job}/finish", {"status": "SUCCESS", "reason": ["no"]}, "reason"),
     ("finish", "jobs/{job}/finish", {"status": "FAILURE", "reason": "nul\x00byte"}, "reason"),
+    ("finish", "jobs/{job}/finish", {"status": "SUCCESS", "steps": "all"}, "steps"),
+    ("finish", "jobs/{job}/finish", {"status": "SUCCESS", "steps": [1]}, "steps"),
+    ("finish", "jobs/{job}/finish", {"status": "SUCCESS", "steps": [{"status": "SUCCESS"}]}, "id"),
+    ("finish", "jobs/{job}/finish", {"status": "SUCCESS", "steps": [{"id": "s0", "status": "SUCCESS"}]}, "step id"),
+    ("finish", "jobs/{job}/finish", {"status": "SUCCESS", "steps": [{"id": NO_STEP, "status": "RUNNING"}]}, "RUNNING"),
+    ("finish", "jobs/{job}/finish", {"status": "SUCCESS", "steps": [{"id": NO_STEP}]}, "status"),
+    (
+        "finish",
+        "jobs/{job}/finish",
+        {"status": "SUCCESS", "steps": [{"id": NO_STEP, "status": "SUCCESS", "exit_code": "0"}]},
+        "exit_code",
+    ),
+    ("finish", "jobs/{job}/finish", {"status": "SUCCESS", "steps": [{}] * 1001}, "at most 1000"),
     ("release", "jobs/{job}/release", {"reason": 5}, "reason"),
     ("claim", "jobs/request", {"wait": "forever"}, "wait"),
 ]
@@ -655,10 +745,10 @@ def test_outside_a_pool_a_finishs_follow_ups_run_before_the_answer(client, holde
 def test_a_job_queued_while_the_long_poll_sets_up_its_listen_is_handed_over_at_once(holder, monkeypatch):
     from asgiref.sync import sync_to_async
 
-    from runners import api
+    from runners import wakeups
 
     runner, token = holder
-    listen = api._async_listener
+    listen = wakeups.connect_listener
     queued = []
 
     async def listen_after_a_job_was_queued():
@@ -667,9 +757,66 @@ def test_a_job_queued_while_the_long_poll_sets_up_its_listen_is_handed_over_at_o
         queued.append(await sync_to_async(create_run, thread_sensitive=False)(job("compile", "build", script=["make"])))
         return await listen()
 
-    monkeypatch.setattr(api, "_async_listener", listen_after_a_job_was_queued)
+    monkeypatch.setattr(wakeups, "connect_listener", listen_after_a_job_was_queued)
 
     response = long_poll(token, wait=20).result(timeout=10)
 
     assert response.status_code == 200, "the job waited for the next NOTIFY or the end of the long-poll"
     assert response.json()["id"] == str(current_job(queued[0], "compile").pk)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_long_polls_of_a_web_process_share_one_listen_and_a_job_wakes_them(holder):
+    from runners.wakeups import _of_loop, queue_wakeups
+
+    _, token = holder
+    _, other_token = register_runner("other")
+    answers: list = []
+    loop = asyncio.new_event_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=1))  # one connection, closed at the end
+
+    async def two_long_polls():
+        headers = [{"Authorization": f"Bearer {t}"} for t in (token, other_token)]
+        polls = [
+            AsyncClient().post(API + "jobs/request", data={"wait": 30}, content_type="application/json", headers=h)
+            for h in headers
+        ]
+        answers.extend(await asyncio.gather(*polls))
+        assert queue_wakeups()._listener is None, "the LISTEN outlived its last long-poll"
+
+    serving = threading.Thread(target=lambda: loop.run_until_complete(two_long_polls()), daemon=True)
+    serving.start()
+    try:
+        wait_until(lambda: loop in _of_loop and _of_loop[loop]._waiting == 2, timeout=10, what="both to wait")
+        assert listeners_waiting() == 1
+        run = create_run(job("one", "build", script=["a"]), job("two", "build", script=["b"]))
+        serving.join(timeout=15)
+        assert not serving.is_alive(), "a queued job did not wake the long-polls"
+        assert listeners_waiting() == 0
+    finally:
+        loop.run_until_complete(loop.run_in_executor(None, connections.close_all))
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert {answer.json()["id"] for answer in answers} == {str(current_job(run, n).pk) for n in ("one", "two")}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_a_listen_the_long_poll_polls_and_still_hands_over_a_job(holder, monkeypatch):
+    from runners import wakeups
+
+    _, token = holder
+
+    async def database_refuses():
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(wakeups, "connect_listener", database_refuses)
+    poll = long_poll(token, wait=20)
+    time.sleep(0.3)  # the long-poll has found nothing and failed to LISTEN by now
+    run = create_run(job("compile", "build", script=["make"]))
+
+    response = poll.result(timeout=10)  # polling once a second, not waiting out the 20 s
+
+    assert response.status_code == 200
+    assert response.json()["id"] == str(current_job(run, "compile").pk)

@@ -88,6 +88,44 @@ def test_with_prepared_statements_off_the_claim_prepares_nothing(make_queued_job
     assert _prepared_claims() == []
 
 
+def _plans_of_a_claim(runner) -> list[str]:
+    """The plans of the statements a claim runs inside conveyor_claim_job, as auto_explain
+    prints them (set for this test's transaction only)."""
+    plans: list[str] = []
+    psycopg_connection = connection.connection
+
+    def collect(notice) -> None:
+        plans.append(notice.message_primary)
+
+    with connection.cursor() as cursor:
+        cursor.execute("LOAD 'auto_explain'")
+        cursor.execute("SET LOCAL auto_explain.log_min_duration = 0")
+        cursor.execute("SET LOCAL auto_explain.log_nested_statements = on")
+        cursor.execute("SET LOCAL auto_explain.log_level = notice")
+    psycopg_connection.add_notice_handler(collect)
+    try:
+        assert job_claim(runner=runner) is not None
+    finally:
+        psycopg_connection.remove_notice_handler(collect)
+    return plans
+
+
+def test_the_claim_reads_every_row_through_an_index_however_small_the_tables(make_queued_jobs, runner):
+    make_queued_jobs(3, steps=2)
+    with connection.cursor() as cursor:
+        # Statistics of a new install: a handful of rows, where reading a table whole looks
+        # cheapest to the planner (and then costs more with every row the table gains).
+        cursor.execute("ANALYZE runs_job, runs_step, runs_pipelinerun, pipelines_pipeline, pipelines_repository")
+
+    plans = "\n".join(_plans_of_a_claim(runner))
+
+    assert "job_queue_idx" in plans  # the claim's own statements were seen
+    for table in ("runs_job", "runs_step", "runs_pipelinerun", "pipelines_pipeline", "pipelines_repository"):
+        assert f"Seq Scan on {table}" not in plans
+    assert "Hash Join" not in plans
+    assert "Merge Join" not in plans
+
+
 def test_a_heartbeat_extends_the_lease_only_for_the_holder(make_queued_jobs, runner):
     make_queued_jobs(1)
     claimed = job_claim(runner=runner)

@@ -68,7 +68,9 @@ def deploy(reporter, repo, tmp_path, *, script="echo building", section=None, st
     )
     job.spec = {"deploy": section}
     executor = ShellExecutor(reporter=reporter, builds_dir=tmp_path / "builds")
-    return executor.run(job, stop or threading.Event())
+    result = executor.run(job, stop or threading.Event())
+    reporter.complete(job, result)  # as the runner hands it to its backend
+    return result
 
 
 def test_a_deploy_job_rolls_out_its_image_after_the_script_and_logs_every_step(

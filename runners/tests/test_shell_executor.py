@@ -27,9 +27,12 @@ def executor(reporter, tmp_path):
 
 
 def run(executor, repo, steps, stop=None, **kwargs):
+    """Run the job, and hand its result to the reporter as the runner hands it to its backend."""
     path, sha = repo
     job = claimed_job(clone_url=str(path), commit_sha=sha, steps=steps, **kwargs)
-    return executor.run(job, stop or threading.Event())
+    result = executor.run(job, stop or threading.Event())
+    executor.reporter.complete(job, result)
+    return result
 
 
 def test_steps_run_in_a_checkout_of_the_exact_commit(executor, reporter, repo):
@@ -265,3 +268,32 @@ def test_a_later_checkout_is_the_same_repository_as_the_first_one(executor, repo
     assert second == first
     assert repo[1] in second
     assert "core.bare=false" in second
+
+
+def test_the_last_steps_end_comes_with_the_jobs_result_and_the_others_as_they_end(executor, reporter, repo):
+    result = run(executor, repo, [("script", "true"), ("script", "exit 4")])
+
+    assert [(end.step_id, end.status, end.exit_code) for end in result.step_ends] == [("step-1", "FAILURE", 4)]
+    assert reporter.ended_with_job == ["s1"]  # s0's end was reported as it ended
+    assert reporter.finished == {"s0": ("SUCCESS", 0), "s1": ("FAILURE", 4)}
+
+
+def test_a_skipped_last_step_is_reported_at_once_not_with_the_result(executor, reporter, repo):
+    result = run(executor, repo, [("script", "exit 1"), ("script", "echo never")])
+
+    assert reporter.ended_with_job == []
+    assert result.step_ends == []
+    assert reporter.finished == {"s0": ("FAILURE", 1), "s1": ("SKIPPED", None)}
+
+
+def test_a_step_stopped_halfway_leaves_the_previous_steps_exports_to_after_script(executor, reporter, repo):
+    steps = [
+        ("script", "export STAGE=built"),
+        ("script", "export STAGE=half; sleep 30"),
+        ("after_script", "echo $STAGE"),
+    ]
+
+    result = run(executor, repo, steps, timeout_s=2)
+
+    assert result.status == "FAILURE" and "timed out" in result.reason
+    assert reporter.log_of("s2").splitlines()[-1] == "built"
