@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.db import connection
+from django.db import DatabaseError, connection, transaction
 
 from runners.models import Runner
 from runners.services import JobNotHeld, job_claim, job_heartbeat
@@ -98,7 +98,14 @@ def _plans_of_a_claim(runner) -> list[str]:
         plans.append(notice.message_primary)
 
     with connection.cursor() as cursor:
-        cursor.execute("LOAD 'auto_explain'")
+        cursor.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        if not cursor.fetchone()[0]:
+            pytest.skip("reading the claim's plans needs LOAD 'auto_explain', which only a superuser may run")
+        try:
+            with transaction.atomic():
+                cursor.execute("LOAD 'auto_explain'")
+        except DatabaseError as exc:
+            pytest.skip(f"this PostgreSQL has no auto_explain (contrib) to read the claim's plans with: {exc}")
         cursor.execute("SET LOCAL auto_explain.log_min_duration = 0")
         cursor.execute("SET LOCAL auto_explain.log_nested_statements = on")
         cursor.execute("SET LOCAL auto_explain.log_level = notice")
@@ -145,7 +152,7 @@ os.environ["DJANGO_SETTINGS_MODULE"] = "cicd.settings"
 from django.conf import settings
 django.setup()
 settings.DATABASES["default"]["NAME"] = sys.argv[1]
-from django.db import connection
+from django.db import DatabaseError, connection, transaction
 connection.settings_dict["NAME"] = sys.argv[1]
 from runners.models import Runner
 from runners.services import job_claim
