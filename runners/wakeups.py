@@ -54,14 +54,15 @@ class QueueWakeups:
         try:
             if self._listener is None:
                 self._listener = asyncio.create_task(self._listen())
-            listening = asyncio.ensure_future(self._listening.wait())
-            done, _ = await asyncio.wait(
-                [listening, self._listener], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            listening.cancel()
-            if self._listener.done():  # it failed: say why
-                self._listener.result()
-            if not done:
+            listener = self._listener  # its own reference: a failed listener clears the attribute
+            listened = asyncio.ensure_future(self._listening.wait())
+            await asyncio.wait([listened, listener], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if listener.done():
+                listened.cancel()
+                listener.result()  # raises what ended it
+                raise ConnectionError("the LISTEN connection closed")
+            if not listened.done():
+                listened.cancel()
                 raise TimeoutError("LISTEN was not in place in time")
             yield
         finally:

@@ -787,7 +787,8 @@ def test_the_long_polls_of_a_web_process_share_one_listen_and_a_job_wakes_them(h
     serving = threading.Thread(target=lambda: loop.run_until_complete(two_long_polls()), daemon=True)
     serving.start()
     try:
-        wait_until(lambda: loop in _of_loop and _of_loop[loop]._waiting == 2, timeout=10, what="both to wait")
+        both_wait = lambda: loop in _of_loop and _of_loop[loop]._waiting == 2  # noqa: E731
+        wait_until(lambda: both_wait() and listeners_waiting() > 0, timeout=10, what="both to wait, listening")
         assert listeners_waiting() == 1
         run = create_run(job("one", "build", script=["a"]), job("two", "build", script=["b"]))
         serving.join(timeout=15)
