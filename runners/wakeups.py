@@ -52,7 +52,7 @@ class QueueWakeups:
         TimeoutError (or the connection's error) if it cannot be within `timeout` seconds."""
         self._waiting += 1
         try:
-            if self._listener is None:
+            if self._listener is None or self._listener.done():  # none yet, or one that could not connect
                 self._listener = asyncio.create_task(self._listen())
             listener = self._listener  # its own reference: a failed listener clears the attribute
             listened = asyncio.ensure_future(self._listening.wait())

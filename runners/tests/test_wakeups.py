@@ -4,6 +4,7 @@ connection closed, so that the long-poll falls back to polling (runners.api.requ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -66,3 +67,43 @@ def test_a_listen_not_in_place_in_time_is_a_timeout(monkeypatch):
 
     with pytest.raises(TimeoutError):
         enter_listening(timeout=0.1)
+
+
+def test_after_a_failed_connect_the_next_long_poll_to_wait_connects_again(monkeypatch):
+    attempts = []
+    connection = EndsAtOnce()
+
+    async def fails_once():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise OSError("connection refused")
+        await asyncio.sleep(10)  # connecting, slowly: the second waiter times out
+        return connection
+
+    monkeypatch.setattr(wakeups, "connect_listener", fails_once)
+    queue_wakeups = wakeups.QueueWakeups()
+
+    async def two_waiters_one_after_the_other() -> list[type]:
+        errors = []
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(hold_waiting(queue_wakeups))  # keeps a waiter counted throughout
+            for _ in range(2):
+                try:
+                    async with queue_wakeups.listening(timeout=0.2):
+                        pass
+                except Exception as exc:
+                    errors.append(type(exc))
+        return errors
+
+    assert asyncio.run(two_waiters_one_after_the_other()) == [OSError, TimeoutError]
+    assert len(attempts) == 2
+
+
+@contextlib.asynccontextmanager
+async def hold_waiting(queue_wakeups: wakeups.QueueWakeups):
+    """Count one more waiter, as a long-poll stuck in its wait would be."""
+    queue_wakeups._waiting += 1
+    try:
+        yield
+    finally:
+        queue_wakeups._waiting -= 1
