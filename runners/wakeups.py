@@ -83,19 +83,22 @@ class QueueWakeups:
         try:
             self._listening.set()
             async for _ in conn.notifies():
-                wakeup, self._wakeup = self._wakeup, asyncio.Event()
-                wakeup.set()
+                self._wake_all()
         except Exception:
             logger.warning("the long-polls' LISTEN connection failed", exc_info=True)
             raise
         finally:
             # Whoever waits claims once more; a lost connection is opened again by the next
             # long-poll that starts to wait (those waiting now end at their deadline).
-            self._listener = None if self._listener is asyncio.current_task() else self._listener
+            if self._listener is asyncio.current_task():  # not when _stop cancelled it
+                self._listener = None
             self._listening = asyncio.Event()
-            self._wakeup.set()
-            self._wakeup = asyncio.Event()
+            self._wake_all()
             await conn.close()
+
+    def _wake_all(self) -> None:
+        wakeup, self._wakeup = self._wakeup, asyncio.Event()
+        wakeup.set()
 
 
 _of_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, QueueWakeups] = weakref.WeakKeyDictionary()
