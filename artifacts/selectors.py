@@ -9,6 +9,7 @@ from django.db.models import F, Q, QuerySet, Sum
 from django.utils import timezone
 
 from artifacts.models import Artifact, ArtifactStatus, ArtifactType, TestReport
+from cicd.db import prepared_cursor
 from cicd.tokens import token_hash
 from pipelines.permissions import can_maintain, can_run, can_view
 from runs.models import Job, JobDependency, JobStatus, PipelineRun, RunStatus
@@ -79,10 +80,20 @@ def artifact_for_download(*, user: Any, artifact_id: Any) -> Artifact | None:
 # --- What a job receives.
 
 
+# Asked on every claim (artifacts.views.claim_artifact_lists): a prepared statement
+# (cicd.db), served by the job's run_id index and the artifact's job_id index.
+_RUN_HAS_OTHER_ARTIFACTS = (
+    f"SELECT EXISTS (SELECT 1 FROM {Artifact._meta.db_table} AS artifact "  # noqa: S608 (our table names)
+    f"JOIN {Job._meta.db_table} AS job ON job.id = artifact.job_id WHERE job.run_id = %s AND job.id <> %s)"
+)
+
+
 def run_has_other_artifacts(*, run_id: Any, job_id: Any) -> bool:
     """Whether a job of the run other than `job_id` recorded an artifact, in whatever state.
     If none did, that job has no archives or images to receive from its dependencies."""
-    return Artifact.objects.filter(job__run_id=run_id).exclude(job_id=job_id).exists()
+    with prepared_cursor() as cursor:
+        cursor.execute(_RUN_HAS_OTHER_ARTIFACTS, [run_id, job_id])
+        return cursor.fetchone()[0]
 
 
 def job_dependency_jobs(*, job: Job) -> list[Job]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from django.db import connection
 from django.db.models import Subquery, Sum, Value
 from django.db.models.functions import Coalesce, Length, Replace
 
+from cicd.db import prepared_cursor
 from logs.models import LogChunkKind, StepLog
-from pipelines.models import Repository
+from pipelines.models import Pipeline, Repository, Variable
 from pipelines.permissions import can_view
 from runs.models import Job, PipelineRun, Step
 
@@ -47,11 +49,25 @@ def job_for_viewer(*, user: Any, job_id: Any) -> Job | None:
 
 def job_masked_values(*, job_id: Any) -> list[str]:
     """Values to mask in this job's log at ingest (defence in depth: the runner masks first):
-    the masked CI/CD variables of the job's repository. The job token is known only as a
-    hash; the ingest service masks it when a chunk arrives authenticated with it."""
-    from pipelines.variables import masked_values_of_job
+    the masked CI/CD variables of the job's repository (all of them, as
+    pipelines.variables.masked_values_of_job). The job token is known only as a hash; the
+    ingest service masks it when a chunk arrives authenticated with it.
 
-    return masked_values_of_job(job_id=job_id)
+    Read for every chunk of every job: one prepared statement (cicd.db), not a query the ORM
+    compiles each time; the values are decrypted as the ORM reads them."""
+    value = Variable._meta.get_field("value")
+    with prepared_cursor() as cursor:
+        cursor.execute(_MASKED_VALUES_SQL, [job_id])
+        return [value.from_db_value(stored, None, connection) for (stored,) in cursor.fetchall()]
+
+
+_MASKED_VALUES_SQL = (
+    f"SELECT v.value FROM {Job._meta.db_table} j "  # noqa: S608 (our tables)
+    f"JOIN {PipelineRun._meta.db_table} r ON r.id = j.run_id "
+    f"JOIN {Pipeline._meta.db_table} p ON p.id = r.pipeline_id "
+    f"JOIN {Variable._meta.db_table} v ON v.repository_id = p.repository_id "
+    "WHERE j.id = %s::uuid AND v.masked"
+)
 
 
 # --- Offsets and history.
@@ -135,31 +151,46 @@ def log_stored_bytes(*, step: Step) -> int:
 # --- Status snapshots (what viewers are told on connect and on every change).
 
 
+# The live events' snapshots are read after every step report and every change of a run
+# (logs.services, after commit): prepared statements (cicd.db), not queries the ORM compiles
+# each time.
+_STEP_STATUS_SQL = (
+    "SELECT step.id::text, step.status, step.exit_code, job.id::text, job.status, run.id::text, run.status "  # noqa: S608 (our tables)
+    f"FROM {Step._meta.db_table} AS step JOIN {Job._meta.db_table} AS job ON job.id = step.job_id "
+    f"JOIN {PipelineRun._meta.db_table} AS run ON run.id = job.run_id WHERE step.id = %s::uuid"
+)
+_RUN_STATUS_SQL = f"SELECT id::text, status FROM {PipelineRun._meta.db_table} WHERE id = %s::uuid"  # noqa: S608
+_RUN_JOBS_SQL = (
+    f"SELECT id::text, name, status FROM {Job._meta.db_table} "  # noqa: S608 (our table)
+    "WHERE run_id = %s::uuid AND NOT retried ORDER BY stage_index, name"
+)
+
+
 def step_status_snapshot(*, step_id: Any) -> dict[str, Any] | None:
-    row = (
-        Step.objects.filter(pk=step_id)
-        .values("id", "status", "exit_code", "job_id", "job__status", "job__run_id", "job__run__status")
-        .first()
-    )
+    with prepared_cursor() as cursor:
+        cursor.execute(_STEP_STATUS_SQL, [step_id])
+        row = cursor.fetchone()
     if row is None:
         return None
+    step_id, step_status, exit_code, job_id, job_status, run_id, run_status = row
     return {
-        "run": {"id": str(row["job__run_id"]), "status": row["job__run__status"]},
-        "job": {"id": str(row["job_id"]), "status": row["job__status"]},
-        "step": {"id": str(row["id"]), "status": row["status"], "exit_code": row["exit_code"]},
+        "run": {"id": run_id, "status": run_status},
+        "job": {"id": job_id, "status": job_status},
+        "step": {"id": step_id, "status": step_status, "exit_code": exit_code},
     }
 
 
 def run_status_snapshot(*, run_id: Any) -> dict[str, Any] | None:
-    run = PipelineRun.objects.filter(pk=run_id).values("id", "status").first()
-    if run is None:
-        return None
-    jobs = Job.objects.filter(run_id=run_id, retried=False).order_by("stage_index", "name")
+    with prepared_cursor() as cursor:
+        cursor.execute(_RUN_STATUS_SQL, [run_id])
+        run = cursor.fetchone()
+        if run is None:
+            return None
+        cursor.execute(_RUN_JOBS_SQL, [run_id])
+        jobs = cursor.fetchall()
     return {
-        "run": {"id": str(run["id"]), "status": run["status"]},
-        "jobs": [
-            {"id": str(j["id"]), "name": j["name"], "status": j["status"]} for j in jobs.values("id", "name", "status")
-        ],
+        "run": {"id": run[0], "status": run[1]},
+        "jobs": [{"id": job_id, "name": name, "status": status} for job_id, name, status in jobs],
     }
 
 

@@ -23,7 +23,10 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.db.models.functions import Left, Length
+from django.utils import timezone
 
+from cicd.db import prepared_cursor
 from cicd.follow_ups import follow_up_after_commit
 from logs import events
 from logs.masking import MASK, Masker, maskable
@@ -60,8 +63,31 @@ def log_chunk_append(*, step: Step, offset: int, content: str, masked: Sequence[
             return _append(step=step, offset=offset, content=content, size=size, masked=values)
 
 
+# The statements every append runs, prepared (cicd.db): ingest runs for each chunk of each
+# job, and the ORM's compilation of these few statements was most of its CPU (py-spy of the
+# web workers). The rare paths (a resend, a gap, a log past its limit) stay on the ORM.
+_STEPLOG, _JOBLOG = StepLog._meta.db_table, JobLog._meta.db_table
+# The step's last chunk: where the next one must start (the unique (step, offset) index).
+_LAST_CHUNK_SQL = f'SELECT "offset", size FROM {_STEPLOG} WHERE step_id = %s::uuid ORDER BY "offset" DESC LIMIT 1'  # noqa: S608 (our table)
+_COUNT_SQL = (
+    f"INSERT INTO {_JOBLOG} (job_id, stored_bytes, omitted_bytes) VALUES (%s::uuid, %s, 0) "  # noqa: S608 (our table)
+    f"ON CONFLICT (job_id) DO UPDATE SET stored_bytes = {_JOBLOG}.stored_bytes + EXCLUDED.stored_bytes "
+    "RETURNING stored_bytes, omitted_bytes, head_bytes, tail_step_id, tail_offset"
+)
+# Only the end of the previous chunk can hold the beginning of a secret: just that is read.
+_PREVIOUS_TAIL_SQL = (
+    f'SELECT log_chunk_id, kind, right(content, %s) FROM {_STEPLOG} WHERE step_id = %s::uuid AND "offset" = %s'  # noqa: S608
+)
+_INSERT_SQL = (
+    f'INSERT INTO {_STEPLOG} (step_id, "offset", size, kind, content, created_at) '  # noqa: S608 (our table)
+    "VALUES (%s::uuid, %s, %s, %s, %s, %s) RETURNING log_chunk_id"
+)
+
+
 def _append(*, step: Step, offset: int, content: str, size: int, masked: list[str]) -> int:
-    last = StepLog.objects.filter(step=step).order_by("-offset").values_list("offset", "size").first()
+    with prepared_cursor() as cursor:
+        cursor.execute(_LAST_CHUNK_SQL, [step.pk])
+        last = cursor.fetchone()
     end = 0 if last is None else last[0] + last[1]
     if offset != end:
         if offset < end:
@@ -75,9 +101,8 @@ def _append(*, step: Step, offset: int, content: str, size: int, masked: list[st
     # here on. A concurrent append at the same offset fails on the unique (step, offset).
     job_log = _count(job_id=step.job_id, size=size)
     if masked:
-        previous = StepLog.objects.filter(step=step, offset=last[0]).first() if last else None
-        content = _mask_across(previous=previous, content=content, masked=masked)
-    chunk = StepLog.objects.create(step=step, offset=offset, size=size, content=content)
+        content = _mask_across(step=step, previous_offset=last[0] if last else None, content=content, masked=masked)
+    chunk = _insert(step=step, offset=offset, size=size, content=content)
     _limit(job_log=job_log, step=step, chunk=chunk)
     transaction.on_commit(partial(_publish_chunk, chunk))
     return offset + size
@@ -86,14 +111,8 @@ def _append(*, step: Step, offset: int, content: str, size: int, masked: list[st
 def _count(*, job_id: Any, size: int) -> JobLog:
     """Add `size` to the job's stored bytes (creating its row on its first chunk) and lock the row.
     One statement: ingest runs per chunk, and every round trip counts."""
-    table = JobLog._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} (job_id, stored_bytes, omitted_bytes) VALUES (%s, %s, 0) "  # noqa: S608 (our table)
-            f"ON CONFLICT (job_id) DO UPDATE SET stored_bytes = {table}.stored_bytes + EXCLUDED.stored_bytes "
-            "RETURNING stored_bytes, omitted_bytes, head_bytes, tail_step_id, tail_offset",
-            [job_id, size],
-        )
+    with prepared_cursor() as cursor:
+        cursor.execute(_COUNT_SQL, [job_id, size])
         stored, omitted, head, tail_step_id, tail_offset = cursor.fetchone()
     return JobLog(
         job_id=job_id,
@@ -105,15 +124,32 @@ def _count(*, job_id: Any, size: int) -> JobLog:
     )
 
 
-def _mask_across(*, previous: StepLog | None, content: str, masked: list[str]) -> str:
-    """Mask `content`, including a secret that began at the end of the previous chunk. That
-    chunk's stored text is cut before the secret (live viewers already saw its beginning,
-    never the whole of it; the runner, which masks before sending, prevents even that)."""
+def _insert(*, step: Step, offset: int, size: int, content: str) -> StepLog:
+    """Store an output chunk (what StepLog.objects.create does, as a prepared statement)."""
+    chunk = StepLog(
+        step_id=step.pk, offset=offset, size=size, kind=LogChunkKind.OUTPUT, content=content, created_at=timezone.now()
+    )
+    with prepared_cursor() as cursor:
+        cursor.execute(_INSERT_SQL, [step.pk, offset, size, chunk.kind.value, content, chunk.created_at])
+        chunk.pk = cursor.fetchone()[0]
+    chunk._state.adding, chunk._state.db = False, connection.alias
+    return chunk
+
+
+def _mask_across(*, step: Step, previous_offset: int | None, content: str, masked: list[str]) -> str:
+    """Mask `content`, including a secret that began at the end of the previous chunk (the one
+    at `previous_offset`). That chunk's stored text is cut before the secret (live viewers
+    already saw its beginning, never the whole of it; the runner, which masks before sending,
+    prevents even that)."""
     masker = Masker(masked)
     longest = max(len(v) for v in masked)
-    carried = ""
-    if previous is not None and previous.kind == LogChunkKind.OUTPUT and previous.content:
-        carried = previous.content[-(longest - 1) :] if longest > 1 else ""
+    carried, previous_pk = "", None
+    if previous_offset is not None and longest > 1:
+        with prepared_cursor() as cursor:
+            cursor.execute(_PREVIOUS_TAIL_SQL, [longest - 1, step.pk, previous_offset])
+            previous = cursor.fetchone()
+        if previous is not None and previous[1] == LogChunkKind.OUTPUT:
+            previous_pk, carried = previous[0], previous[2]
     masked_text = masker.feed(carried + content) + masker.finish()
     if not carried or masked_text.startswith(carried):
         # Nothing straddles the boundary: the previous chunk stays as it is.
@@ -125,9 +161,9 @@ def _mask_across(*, previous: StepLog | None, content: str, masked: list[str]) -
         kept += 1
     while kept > 0 and not masked_text[kept:].startswith(MASK):
         kept -= 1  # the mask starts at or before the first difference
-    previous.content = previous.content[: len(previous.content) - len(carried) + kept]
-    StepLog.objects.filter(pk=previous.pk).update(content=previous.content)
-    logger.warning("a masked value straddled two log chunks of step %s; masked at ingest", previous.step_id)
+    # Cut where it is stored: only its last characters were read.
+    StepLog.objects.filter(pk=previous_pk).update(content=Left("content", Length("content") - (len(carried) - kept)))
+    logger.warning("a masked value straddled two log chunks of step %s; masked at ingest", step.pk)
     return masked_text[kept:]
 
 

@@ -14,11 +14,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists
 from django.utils import timezone
 
 from audit.models import AuditAction
@@ -108,10 +108,26 @@ def runner_register(
     return runner, token
 
 
+@cache
+def _runner_by_token_sql() -> tuple[str, list[str]]:
+    fields = [field.attname for field in Runner._meta.concrete_fields]
+    columns = ", ".join(f'"{name}"' for name in fields)
+    return f"SELECT {columns} FROM {Runner._meta.db_table} WHERE token_hash = %s", fields  # noqa: S608 (our names)
+
+
 def runner_authenticate(*, token: str) -> Runner:
+    """The runner whose token this is. Every runner call starts here, so the lookup is a
+    prepared statement (cicd.db) rather than a query the ORM compiles on each request; none
+    of Runner's fields needs a conversion from what psycopg reads (from_db takes it as is)."""
+    if not token:
+        raise RunnerAuthError("invalid or revoked runner token")
     # Looking up by the sha256 of the token leaks nothing about the token through timing:
     # an attacker would need a preimage to steer the index lookup.
-    runner = Runner.objects.filter(token_hash=token_hash(token)).first() if token else None
+    sql, fields = _runner_by_token_sql()
+    with prepared_cursor() as cursor:
+        cursor.execute(sql, [token_hash(token)])
+        row = cursor.fetchone()
+    runner = Runner.from_db("default", fields, row) if row is not None else None
     if runner is None or runner.revoked_at is not None:
         raise RunnerAuthError("invalid or revoked runner token")
     return runner
@@ -328,12 +344,34 @@ def _check_step_of_job(*, job_id, step_id) -> None:
         raise StepNotFound(f"step {step_id} is not a step of job {job_id}")
 
 
-def _held_steps(*, job_id, step_id, runner: Runner, statuses: list[str]):
-    """The step, if it is in one of `statuses` and its job runs on `runner`: one statement
-    checks both (a step report on the critical path of every job: one query, not two)."""
-    return Step.objects.filter(
-        Exists(_held(job_id=job_id, runner=runner)), pk=step_id, job_id=job_id, status__in=statuses
-    )
+# A step report (its start, its end) on the critical path of every job: one prepared
+# statement (cicd.db) checks that the step is in one of the expected statuses and that its
+# job runs on this runner, and applies the report (one query, and none for the ORM to
+# compile). Parameters: the new status, exit code (kept when NULL is not meant: see below),
+# the time, the step, the job, the runner, the statuses it may come from.
+_STEP_REPORT_SQL = (
+    f"UPDATE {Step._meta.db_table} SET status = %s, "  # noqa: S608 (our tables)
+    "exit_code = CASE WHEN %s THEN %s ELSE exit_code END, "
+    "started_at = CASE WHEN %s THEN %s ELSE started_at END, "
+    "finished_at = CASE WHEN %s THEN %s ELSE finished_at END "
+    "WHERE id = %s::uuid AND job_id = %s::uuid AND status = ANY(%s::varchar[]) AND EXISTS ("
+    f"SELECT 1 FROM {Job._meta.db_table} AS job WHERE job.id = %s::uuid AND job.runner_id = %s::uuid "
+    f"AND job.status = '{JobStatus.RUNNING.value}')"
+)
+
+
+def _report_step(
+    *, job_id, step_id, runner: Runner, statuses: list[str], status: str, exit_code=None, ended: bool
+) -> bool:
+    """Apply a step's start (ended=False: started_at) or end (ended=True: exit_code and
+    finished_at), if the step is in one of `statuses` and its job runs on `runner`."""
+    now = timezone.now()
+    with prepared_cursor() as cursor:
+        cursor.execute(
+            _STEP_REPORT_SQL,
+            [str(status), ended, exit_code, not ended, now, ended, now, step_id, job_id, statuses, job_id, runner.pk],
+        )
+        return cursor.rowcount == 1
 
 
 def _not_applied(*, job_id, step_id, runner: Runner) -> None:
@@ -345,10 +383,10 @@ def _not_applied(*, job_id, step_id, runner: Runner) -> None:
 
 
 def step_start(*, job_id, step_id, runner: Runner) -> None:
-    started = _held_steps(job_id=job_id, step_id=step_id, runner=runner, statuses=[StepStatus.PENDING]).update(
-        status=StepStatus.RUNNING, started_at=timezone.now()
-    )
-    if not started:
+    statuses = [StepStatus.PENDING.value]
+    if not _report_step(
+        job_id=job_id, step_id=step_id, runner=runner, statuses=statuses, status=StepStatus.RUNNING, ended=False
+    ):
         _not_applied(job_id=job_id, step_id=step_id, runner=runner)
         return
     step_status_publish(step_id=step_id)
@@ -357,11 +395,10 @@ def step_start(*, job_id, step_id, runner: Runner) -> None:
 def step_finish(*, job_id, step_id, runner: Runner, status: str, exit_code: int | None) -> None:
     if status not in StepStatus.TERMINAL:
         raise ValueError(f"a step cannot finish as {status!r}")
-    statuses = [StepStatus.PENDING, StepStatus.RUNNING]
-    finished = _held_steps(job_id=job_id, step_id=step_id, runner=runner, statuses=statuses).update(
-        status=status, exit_code=exit_code, finished_at=timezone.now()
-    )
-    if not finished:
+    statuses = [StepStatus.PENDING.value, StepStatus.RUNNING.value]
+    if not _report_step(
+        job_id=job_id, step_id=step_id, runner=runner, statuses=statuses, status=status, exit_code=exit_code, ended=True
+    ):
         _not_applied(job_id=job_id, step_id=step_id, runner=runner)
         return
     step_status_publish(step_id=step_id)
@@ -381,25 +418,42 @@ def step_log(*, job_id, step_id, offset: int, text: str, runner: Runner | None =
         # PostgreSQL text cannot hold NUL; executors replace it before shipping output.
         raise ValueError("a log chunk must not contain NUL characters")
     masked: list[str] = []
-    if runner is not None:
-        held = _held(job_id=job_id, runner=runner).exists()
-    else:
-        # Looked up by its sha256, like runner tokens: timing reveals nothing about the token.
-        status = (
-            Job.objects.filter(pk=job_id, token_hash=token_hash(job_token)).values_list("status", flat=True).first()
-            if job_token
-            else None
-        )
-        if status is None:
+    if runner is None and not job_token:
+        raise RunnerAuthError("invalid job token")
+    # One prepared statement (cicd.db) answers who holds the job and whether the step is one
+    # of its steps: every chunk of every job's log comes through here. A job token is looked
+    # up by its sha256, like runner tokens: timing reveals nothing about the token.
+    with prepared_cursor() as cursor:
+        if runner is not None:
+            cursor.execute(_STEP_LOG_BY_RUNNER_SQL, [JobStatus.RUNNING.value, runner.pk, step_id, job_id])
+        else:
+            cursor.execute(_STEP_LOG_BY_TOKEN_SQL, [JobStatus.RUNNING.value, step_id, job_id, token_hash(job_token)])
+        row = cursor.fetchone()
+    if runner is None:
+        if row is None:
             raise RunnerAuthError("invalid job token")
-        held = status == JobStatus.RUNNING
         masked.append(job_token)  # a job printing its environment must not publish its token
-    if not held:
+    if row is None or not row[0]:
         raise JobNotHeld(f"job {job_id} is not running on this runner")
-    step = Step.objects.only("id", "job_id").filter(pk=step_id, job_id=job_id).first()
-    if step is None:
+    _, job_pk, step_pk = row
+    if step_pk is None:
         raise StepNotFound(f"step {step_id} is not a step of job {job_id}")
+    step = Step.from_db("default", ["id", "job_id"], [step_pk, job_pk])
     return log_chunk_append(step=step, offset=offset, content=text, masked=masked)
+
+
+# step_log's check: a row if the job exists (with this token), saying whether it runs (on this
+# runner), its id, and the step's id if the step is one of the job's.
+_STEP_LOG_BY_RUNNER_SQL = (
+    "SELECT j.status = %s AND j.runner_id = %s::uuid, j.id, "  # noqa: S608 (our tables)
+    f"(SELECT s.id FROM {Step._meta.db_table} s WHERE s.id = %s::uuid AND s.job_id = j.id) "
+    f"FROM {Job._meta.db_table} j WHERE j.id = %s::uuid"
+)
+_STEP_LOG_BY_TOKEN_SQL = (
+    "SELECT j.status = %s, j.id, "  # noqa: S608 (our tables)
+    f"(SELECT s.id FROM {Step._meta.db_table} s WHERE s.id = %s::uuid AND s.job_id = j.id) "
+    f"FROM {Job._meta.db_table} j WHERE j.id = %s::uuid AND j.token_hash = %s"
+)
 
 
 @dataclass(frozen=True)

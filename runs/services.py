@@ -265,7 +265,7 @@ def run_create(
             for i, (kind, command) in enumerate(commands)
         ]
     Step.objects.bulk_create(steps)
-    _promote_locked(run, now=timezone.now(), changed=True)
+    _promote_locked(run, now=timezone.now(), changed=True, run_changed=True)
     return run
 
 
@@ -322,28 +322,37 @@ def _deployments():
     return deployments
 
 
-def _after_commit_run_changed(run_id: Any) -> None:
+def _after_commit_run_changed(run_id: Any, *, jobs_only: bool = False) -> None:
     """Hook for everything that follows a run's change (channel-layer events, commit status,
-    notifications): called after commit only, so a rolled-back change announces nothing."""
+    notifications): called after commit only, so a rolled-back change announces nothing.
+
+    `jobs_only`: only the run's jobs changed, not the run's own row (a job finished and the
+    run goes on). The commit status, the failure notification and the runs list's row are
+    made of the run's row alone, so they are left out: three queries and an event less on
+    every job's finish, which the next jobs' claims wait behind (bench/README.md, "e2e")."""
     from logs.services import run_status_publish
     from pipelines.commit_status import commit_status_enqueue
     from runs.live import runs_list_publish
     from runs.notifications import run_notifications_enqueue
 
     logger.debug("run %s changed", run_id)
-    commit_status_enqueue(run_id=run_id)
+    if not jobs_only:
+        commit_status_enqueue(run_id=run_id)
     run_status_publish(run_id=run_id)  # to the run's live viewers (logs.events)
     # None may fail the change, which is committed: the deployments sweep catches up, and the
     # runs list's viewers hear the run's next change.
-    for follow_up in (_deployments().deployments_after_run_changed, run_notifications_enqueue, runs_list_publish):
+    follow_ups = [_deployments().deployments_after_run_changed]
+    if not jobs_only:
+        follow_ups += [run_notifications_enqueue, runs_list_publish]
+    for follow_up in follow_ups:
         try:
             follow_up(run_id=run_id)
         except Exception:
             logger.exception("%s of run %s failed", follow_up.__name__, run_id)
 
 
-def _on_commit_run_changed(run_id: Any) -> None:
-    follow_up_after_commit(partial(_after_commit_run_changed, run_id))
+def _on_commit_run_changed(run_id: Any, *, jobs_only: bool = False) -> None:
+    follow_up_after_commit(partial(_after_commit_run_changed, run_id, jobs_only=jobs_only))
 
 
 def _notify_queue() -> None:
@@ -465,9 +474,10 @@ def _assign_queue_keys(jobs: Iterable[Job], *, now: datetime) -> None:
         job.queue_key = keys[job.pk]
 
 
-def _promote_locked(run: PipelineRun, *, now: datetime, changed: bool = False) -> _Promotion:
+def _promote_locked(run: PipelineRun, *, now: datetime, changed: bool = False, run_changed: bool = False) -> _Promotion:
     """Promote the run's jobs and re-derive its status. The caller holds the run row lock;
-    `changed` says it changed the run's jobs itself (the after-commit hook is due anyway).
+    `changed` says it changed the run's jobs itself (the after-commit hook is due anyway),
+    `run_changed` that it changed the run's own row too (created or reopened it).
 
     Queries: the jobs, the edges, up to two guarded job updates, a NOTIFY if anything was
     queued, and the run update if its status changed: constant in the number of jobs.
@@ -498,8 +508,10 @@ def _promote_locked(run: PipelineRun, *, now: datetime, changed: bool = False) -
     if any(t.new == JobStatus.QUEUED for t in result.transitions):
         _notify_queue()
     result.run_changed = _run_sync_status(run, nodes.values(), now=now)
-    if changed or result.transitions or result.run_changed:
+    if run_changed or result.run_changed:
         _on_commit_run_changed(run.pk)
+    elif changed or result.transitions:
+        _on_commit_run_changed(run.pk, jobs_only=True)
     return result
 
 
@@ -642,16 +654,19 @@ def job_finish(
     guard = Job.objects.filter(pk=job_id, status=JobStatus.RUNNING)
     if runner is not None:
         guard = guard.filter(runner=runner)
-    job = guard.first()
-    if job is None:
+    # The job itself is read only for what a failure may need (its retry settings, a copy
+    # for the next attempt): a success is the guarded update alone.
+    job = guard.first() if status == JobStatus.FAILURE else None
+    if status == JobStatus.FAILURE and job is None:
         return False
     now = timezone.now()
     if guard.update(status=status, exit_code=exit_code, finished_at=now, status_reason=reason[:500]) != 1:
         return False
-    job.status, job.exit_code, job.finished_at, job.status_reason = status, exit_code, now, reason[:500]
-    kind = _failure_kind(reason=reason, exit_code=exit_code)
-    if status == JobStatus.FAILURE and _should_retry(job, kind=kind, exit_code=exit_code):
-        _job_new_attempt(job, now=now)
+    if job is not None:
+        job.status, job.exit_code, job.finished_at, job.status_reason = status, exit_code, now, reason[:500]
+        kind = _failure_kind(reason=reason, exit_code=exit_code)
+        if _should_retry(job, kind=kind, exit_code=exit_code):
+            _job_new_attempt(job, now=now)
     _promote_locked(run, now=now, changed=True)
     return True
 
@@ -749,7 +764,7 @@ def job_retry(*, job: Job, user: AbstractBaseUser | None = None) -> Job:
         Job.objects.filter(pk=new.pk).update(status_reason=f"retried by {who}")
         new.status_reason = f"retried by {who}"
     _reset_skipped_descendants(run, roots=[new.pk])
-    _promote_locked(run, now=now, changed=True)
+    _promote_locked(run, now=now, changed=True, run_changed=True)
     return new
 
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
+from django.db import connection, transaction
 
 from logs.masking import MASK
 from logs.models import JobLog, LogChunkKind, StepLog
 from logs.selectors import log_chunks_from, log_end_offset, log_text
 from logs.services import LogGap, log_chunk_append
+from runners.models import Runner
+from runners.services import JobNotHeld, RunnerAuthError, StepNotFound, step_log
+
+from .conftest import make_running_job
 
 pytestmark = pytest.mark.django_db
 
@@ -173,3 +181,111 @@ def test_reading_from_an_offset_inside_a_chunk_returns_exactly_the_bytes_after_i
     assert [c["content"] for c in log_chunks_from(step_id=running.step.pk, offset=5)] == ["cd\n"]
     assert [c["content"] for c in log_chunks_from(step_id=running.step.pk, offset=3)] == ["cd\n"]  # inside ✓
     assert log_chunks_from(step_id=running.step.pk, offset=8) == []
+
+
+# --- Masking across a long chunk (only the end of the previous chunk is read and cut).
+
+
+def test_a_secret_split_after_a_long_chunk_of_non_ascii_text_cuts_that_chunk_just_before_the_secret(running):
+    secret = "s3cr3t-value"
+    head = "héllo ✓ wörld\n" * 200
+    log_chunk_append(step=running.step, offset=0, content=f"{head}token is s3cr3", masked=[secret])
+    first_size = len(f"{head}token is s3cr3".encode())
+
+    log_chunk_append(step=running.step, offset=first_size, content="t-value and more\n", masked=[secret])
+
+    assert chunks(running.step)[0][3] == f"{head}token is "
+    assert log_text(step=running.step) == f"{head}token is {MASK} and more\n"
+
+
+# --- Through the runner service (runners.services.step_log), as the API calls it.
+
+
+def test_the_runner_holding_the_job_appends_without_its_job_token(running):
+    assert step_log(job_id=running.job.pk, step_id=running.step.pk, offset=0, text="hi\n", runner=running.runner) == 3
+    assert log_text(step=running.step) == "hi\n"
+
+
+def test_a_runner_that_does_not_hold_the_job_is_refused(running):
+    other = Runner.objects.create(name="not-the-holder")
+
+    with pytest.raises(JobNotHeld):
+        step_log(job_id=running.job.pk, step_id=running.step.pk, offset=0, text="intrusion\n", runner=other)
+    assert log_text(step=running.step) == ""
+
+
+def test_the_holding_runner_cannot_write_to_a_step_of_another_job(running):
+    other = make_running_job()
+
+    with pytest.raises(StepNotFound):
+        step_log(job_id=running.job.pk, step_id=other.step.pk, offset=0, text="intrusion\n", runner=running.runner)
+    assert log_text(step=other.step) == ""
+
+
+def test_a_job_token_never_reaches_the_step_check_of_another_job(running):
+    other = make_running_job()
+
+    with pytest.raises(RunnerAuthError):
+        step_log(job_id=other.job.pk, step_id=other.step.pk, offset=0, text="intrusion\n", job_token=running.token)
+    assert log_text(step=other.step) == ""
+
+
+def test_a_chunk_costs_a_fixed_number_of_statements(running, django_assert_num_queries):
+    def send(offset: int, text: str) -> int:
+        return step_log(
+            job_id=running.job.pk, step_id=running.step.pk, offset=offset, text=text, job_token=running.token
+        )
+
+    # The job and step check, the masked values, then in a savepoint (a transaction outside
+    # tests): the step's end, the job's count and the insert.
+    with django_assert_num_queries(2 + 2 + 3):
+        offset = send(0, "one\n")
+    with django_assert_num_queries(2 + 2 + 4):  # and the end of the previous chunk, for masking
+        send(offset, "two\n")
+
+
+# --- A resend racing the original.
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_chunk_sent_twice_at_once_is_stored_once_and_both_get_the_next_offset(running):
+    log_chunk_append(step=running.step, offset=0, content="one\n")  # the job's count row exists
+    answers: list[int | BaseException] = []
+
+    def send() -> None:
+        try:
+            answers.append(log_chunk_append(step=running.step, offset=4, content="two\n"))
+        except BaseException as exc:  # reported below
+            answers.append(exc)
+        finally:
+            connection.close()
+
+    # Both sends read the step's end while the job's count row is locked, so both go on to
+    # insert at offset 4: the second one hits the unique (step, offset) and answers as a resend.
+    with transaction.atomic():
+        JobLog.objects.select_for_update().get(pk=running.job.pk)
+        senders = [threading.Thread(target=send) for _ in range(2)]
+        for sender in senders:
+            sender.start()
+        _wait_for_lock_waiters(2)
+    for sender in senders:
+        sender.join(timeout=10)
+
+    assert answers == [8, 8]
+    assert chunks(running.step) == [(0, 4, "OUTPUT", "one\n"), (4, 4, "OUTPUT", "two\n")]
+    assert JobLog.objects.get(pk=running.job.pk).stored_bytes == 8
+
+
+def _wait_for_lock_waiters(count: int) -> None:
+    """Until `count` sessions of this test database wait for a lock (other tests may run on the
+    same server). Read in a transaction, pg_stat_activity stays a snapshot unless cleared."""
+    with connection.cursor() as cursor:
+        for _ in range(500):
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            if cursor.fetchone()[0] >= count:
+                return
+            time.sleep(0.01)
+    raise AssertionError(f"{count} sessions never waited for the lock")

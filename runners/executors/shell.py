@@ -374,17 +374,14 @@ class ShellExecutor:
         """Check out exactly the job's commit, writing to `log` (the first step's). Returns an
         error message, or ""."""
         log.write(f"Fetching {job.commit_sha[:12]} ({job.ref}) into {project}\n")
-        # The first line is shipped while git works, for whoever watches; nothing waits for
-        # it (LogStream sends in order: the step's output follows it).
-        self._background.submit(_flush_and_let_go, log)
         try:
-            self._git_checkout(job, project)
+            self._git_checkout(job, project, log)
         except GitError as exc:
             log.write(f"Checkout failed: {exc}\n")
             return f"checkout failed: {exc}"
         return ""
 
-    def _git_checkout(self, job: ClaimedJob, project: Path) -> None:
+    def _git_checkout(self, job: ClaimedJob, project: Path, log: LogStream) -> None:
         if not _COMMIT_SHA.match(job.commit_sha):
             raise GitError(f"invalid commit {job.commit_sha!r}")
         if job.clone_url.startswith("-"):
@@ -398,10 +395,15 @@ class ShellExecutor:
         repository = self.git_cache.repository(job.clone_url)
         checkout = ("-C", str(project), "checkout", "--quiet", "--detach", job.commit_sha)
         if (repository / "HEAD").exists():
-            # Cached already (the usual case): no lock, no fetch, no round trip.
+            # Cached already (the usual case): no lock, no fetch, no round trip. The first
+            # line goes with the step's first output: a request of its own here, for a
+            # checkout of a millisecond or two, was one of the five a job cost.
             self.git_cache.lend(repository, project / ".git")
             if run_git(*checkout, check=False).returncode == 0:
                 return
+        # A fetch may take a while: the first line is shipped while git works, for whoever
+        # watches; nothing waits for it (LogStream sends in order: the step's output follows).
+        self._background.submit(_flush_and_let_go, log)
         repository = self.git_cache.fetch(job.clone_url, job.commit_sha)
         self.git_cache.lend(repository, project / ".git")
         run_git(*checkout)

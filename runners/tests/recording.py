@@ -15,14 +15,17 @@ class RecordingReporter:
         self.started: list[str] = []
         self.finished: dict[str, tuple[str, int | None]] = {}
         self.ended_with_job: list[str] = []  # steps whose end came with the job's result
+        self.calls: list[tuple[str, str]] = []  # (what, step name), in the order they came
 
     def step_started(self, job: ClaimedJob, step: ClaimedStep) -> None:
         with self.lock:
             self.started.append(step.name)
+            self.calls.append(("started", step.name))
 
     def step_log(self, job: ClaimedJob, step: ClaimedStep, offset: int, text: str) -> None:
         with self.lock:
             self.logs[step.name].append((offset, text))
+            self.calls.append(("log", step.name))
 
     def step_finished(self, job: ClaimedJob, step: ClaimedStep, *, status: str, exit_code: int | None) -> None:
         with self.lock:

@@ -691,7 +691,7 @@ def test_a_finish_is_answered_before_its_runs_follow_ups_which_still_run(holder,
     _, token = holder
     release, done = threading.Event(), threading.Event()
 
-    def slow_follow_up(run_id):  # events, commit status, notifications (runs.services)
+    def slow_follow_up(run_id, jobs_only=False):  # events, commit status, notifications (runs.services)
         release.wait(20)
         done.set()
 
@@ -733,7 +733,7 @@ def test_a_step_report_is_answered_before_its_viewers_hear_of_it(holder, held_jo
 def test_outside_a_pool_a_finishs_follow_ups_run_before_the_answer(client, holder, held_job, monkeypatch):
     _, token = holder
     ran = []
-    monkeypatch.setattr("runs.services._after_commit_run_changed", lambda run_id: ran.append(run_id))
+    monkeypatch.setattr("runs.services._after_commit_run_changed", lambda run_id, **_: ran.append(run_id))
 
     response = post(client, f"jobs/{held_job.id}/finish", {"status": "SUCCESS", "exit_code": 0}, token=token)
 

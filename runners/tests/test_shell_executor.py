@@ -297,3 +297,35 @@ def test_a_step_stopped_halfway_leaves_the_previous_steps_exports_to_after_scrip
 
     assert result.status == "FAILURE" and "timed out" in result.reason
     assert reporter.log_of("s2").splitlines()[-1] == "built"
+
+
+def test_a_checkout_from_the_cache_ships_its_first_line_with_the_steps_output(executor, reporter, repo):
+    run(executor, repo, [("script", "true")])  # the first job fetches the commit into the cache
+    reporter.calls.clear()
+    reporter.logs.clear()
+
+    run(executor, repo, [("script", "echo quick")])
+
+    # No request for the checkout's line alone: the step's start is the job's first report.
+    assert reporter.calls[0] == ("started", "s0")
+    assert reporter.log_of("s0").startswith(f"Fetching {repo[1][:12]} (main)")
+    assert reporter.log_of("s0").endswith("$ echo quick\nquick\n")
+
+
+def test_a_checkout_that_fetches_ships_its_first_line_while_git_works(executor, reporter, repo, monkeypatch):
+    import runners.executors.shell as shell
+
+    fetch = shell.GitCache.fetch
+
+    def fetch_once_the_line_is_out(self, clone_url, sha):
+        deadline = time.monotonic() + 20
+        while not reporter.logs["s0"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return fetch(self, clone_url, sha)
+
+    monkeypatch.setattr(shell.GitCache, "fetch", fetch_once_the_line_is_out)
+
+    run(executor, repo, [("script", "true")])
+
+    assert reporter.calls[0] == ("log", "s0")
+    assert reporter.logs["s0"][0][1].startswith(f"Fetching {repo[1][:12]} (main)")

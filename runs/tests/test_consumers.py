@@ -258,3 +258,24 @@ def test_the_runs_list_asks_for_the_current_statuses_of_the_runs_it_shows(tree_p
         [str(tree.run.pk), str(public_run.pk)] if SEES[role] else [str(public_run.pk)]
     )
     assert heard[-1]["run"]["status"] == RunStatus.SUCCESS
+
+
+def test_the_runs_list_hears_a_runs_own_changes_not_each_jobs(tree_people) -> None:
+    tree = tree_people.tree
+    cookie = cookie_of(tree_people["superuser"])
+
+    async def scenario():
+        socket, _, _ = await open_socket("/ws/runs/", cookie)
+        await read_until(socket, lambda m: m["type"] == "ready")
+        # The job's finish queues the next job and leaves the run RUNNING: nothing the list
+        # shows changed. The cancel ends the run: the list's first word of it is that.
+        await in_thread(job_finish, job_id=tree.jobs["test"].pk, status=JobStatus.SUCCESS, exit_code=0)
+        await in_thread(cancel, tree.run.pk)
+        heard = await read_until(socket, lambda m: m["type"] == "runs" and m["run"]["id"] == str(tree.run.pk))
+        await socket.disconnect()
+        return heard
+
+    heard = async_to_sync(scenario)()
+
+    assert heard[-1]["run"]["status"] == RunStatus.CANCELLED
+    assert PipelineRun.objects.get(pk=tree.run.pk).status == RunStatus.CANCELLED

@@ -204,9 +204,9 @@ def test_a_job_without_an_environment_makes_no_extra_queries_in_promotion(pipeli
     run = start_run(pipeline, job("unit", "test"), job("package", "deploy"))
     unit = current_job(run, "unit")
     assert job_start(job=unit, runner=None, lease_seconds=60)
-    # Savepoint, the run lock, the job guard and its update; promotion: jobs, edges, one
-    # guarded update, the queue keys, NOTIFY; release. Nothing for deployments.
-    with django_assert_num_queries(10):
+    # Savepoint, the run lock, the job's guarded update (a success reads no job); promotion:
+    # jobs, edges, one guarded update, the queue keys, NOTIFY; release. Nothing for deployments.
+    with django_assert_num_queries(9):
         job_finish(job_id=unit.pk, status=JobStatus.SUCCESS, exit_code=0)
 
 

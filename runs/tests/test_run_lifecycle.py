@@ -489,7 +489,7 @@ def test_a_finish_within_follow_ups_collected_hands_its_follow_ups_to_the_caller
     import runs.services
 
     ran = []
-    monkeypatch.setattr(runs.services, "_after_commit_run_changed", ran.append)
+    monkeypatch.setattr(runs.services, "_after_commit_run_changed", lambda run_id, **_: ran.append(run_id))
     run = create_run(job("build", "build"))
     target = current_job(run, "build")
     assert job_start(job=target, runner=None, lease_seconds=60)
@@ -508,7 +508,7 @@ def test_a_finish_within_follow_ups_collected_hands_its_follow_ups_to_the_caller
 def test_a_rolled_back_change_hands_no_follow_up_to_the_caller(monkeypatch, django_capture_on_commit_callbacks) -> None:
     import runs.services
 
-    monkeypatch.setattr(runs.services, "_after_commit_run_changed", lambda run_id: None)
+    monkeypatch.setattr(runs.services, "_after_commit_run_changed", lambda run_id, **_: None)
     run = create_run(job("build", "build"))
 
     with (
