@@ -11,10 +11,15 @@ DATABASE_PREPARED_STATEMENTS=false turns preparing off again.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
+from functools import cache
+from typing import Any
+
 import psycopg
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
-from django.db.backends.utils import CursorWrapper
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+from django.db.models import Model
 
 
 def prepared_cursor() -> CursorWrapper:
@@ -29,4 +34,45 @@ def prepared_cursor() -> CursorWrapper:
     if connection.prepare_threshold is None and settings.DATABASE_PREPARED_STATEMENTS:
         connection.prepare_threshold = 0
     cursor = psycopg.Cursor(connection)
-    return db.make_debug_cursor(cursor) if db.queries_logged else db.make_cursor(cursor)
+    return _LoggedPreparedCursor(cursor, db) if db.queries_logged else db.make_cursor(cursor)
+
+
+class _LoggedPreparedCursor(CursorDebugWrapper):
+    """Logs each statement as Django logs its own, its parameters bound: Django reads the
+    text it logs from a client-side binding cursor, and from this one it read None."""
+
+    def execute(self, sql, params=None):
+        try:
+            readable = self.db.ops.compose_sql(sql, params)
+        except psycopg.Error:
+            readable = sql
+        with self.debug_sql(readable, params):
+            return CursorWrapper.execute(self, sql, params)
+
+
+def model_columns(model: type[Model], alias: str) -> str:
+    """The select list of every concrete field of `model` (table alias `alias`), in the order
+    models_from_rows reads them: for a prepared statement that reads whole rows."""
+    return ", ".join(f'{alias}."{field.column}"' for field in model._meta.concrete_fields)
+
+
+@cache
+def _row_loading(model: type[Model]) -> tuple[list[str], list[tuple[int, Callable]]]:
+    fields = model._meta.concrete_fields
+    converters = [(i, field.from_db_value) for i, field in enumerate(fields) if hasattr(field, "from_db_value")]
+    return [field.attname for field in fields], converters
+
+
+def models_from_rows(model: type[Model], rows: Iterable[Sequence[Any]]) -> list[Model]:
+    """Instances of `model` from rows read with model_columns, as the ORM builds them: each
+    field's from_db_value applied (JSON decoded, encrypted values decrypted), then from_db."""
+    names, converters = _row_loading(model)
+    db = connections[DEFAULT_DB_ALIAS]
+    instances = []
+    for row in rows:
+        if converters:
+            row = list(row)
+            for i, convert in converters:
+                row[i] = convert(row[i], None, db)
+        instances.append(model.from_db(DEFAULT_DB_ALIAS, names, row))
+    return instances

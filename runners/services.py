@@ -14,7 +14,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import cache
 from typing import Any
 
 from django.conf import settings
@@ -24,12 +23,12 @@ from django.utils import timezone
 from audit.models import AuditAction
 from audit.services import audit_record
 from cicd.crypto import DecryptionError
-from cicd.db import prepared_cursor
+from cicd.db import model_columns, models_from_rows, prepared_cursor
 from cicd.tokens import token_generate, token_hash
 from logs.services import step_status_publish
 from runners.models import Executor, RegistrationToken, Runner
 from runners.variables import JobFacts, job_variables
-from runs.models import Job, JobStatus, PipelineRun, Step, StepStatus
+from runs.models import Job, JobStatus, Step, StepStatus
 
 logger = logging.getLogger(__name__)
 
@@ -108,26 +107,24 @@ def runner_register(
     return runner, token
 
 
-@cache
-def _runner_by_token_sql() -> tuple[str, list[str]]:
-    fields = [field.attname for field in Runner._meta.concrete_fields]
-    columns = ", ".join(f'"{name}"' for name in fields)
-    return f"SELECT {columns} FROM {Runner._meta.db_table} WHERE token_hash = %s", fields  # noqa: S608 (our names)
+# Every runner call starts with this lookup.
+_RUNNER_BY_TOKEN_SQL = (
+    f"SELECT {model_columns(Runner, 'runner')} FROM {Runner._meta.db_table} AS runner "  # noqa: S608 (our table)
+    "WHERE runner.token_hash = %s"
+)
 
 
 def runner_authenticate(*, token: str) -> Runner:
     """The runner whose token this is. Every runner call starts here, so the lookup is a
-    prepared statement (cicd.db) rather than a query the ORM compiles on each request; none
-    of Runner's fields needs a conversion from what psycopg reads (from_db takes it as is)."""
+    prepared statement (cicd.db) rather than a query the ORM compiles on each request."""
     if not token:
         raise RunnerAuthError("invalid or revoked runner token")
     # Looking up by the sha256 of the token leaks nothing about the token through timing:
     # an attacker would need a preimage to steer the index lookup.
-    sql, fields = _runner_by_token_sql()
     with prepared_cursor() as cursor:
-        cursor.execute(sql, [token_hash(token)])
-        row = cursor.fetchone()
-    runner = Runner.from_db("default", fields, row) if row is not None else None
+        cursor.execute(_RUNNER_BY_TOKEN_SQL, [token_hash(token)])
+        rows = cursor.fetchall()
+    runner = models_from_rows(Runner, rows)[0] if rows else None
     if runner is None or runner.revoked_at is not None:
         raise RunnerAuthError("invalid or revoked runner token")
     return runner
@@ -481,12 +478,12 @@ def job_complete(
 
     The run row is locked first, then the steps and the job: the same order as every other
     writer of a run (job_finish, cancels), so concurrent reports cannot deadlock."""
-    from runs.services import job_finish
+    from runs.services import job_finish, lock_run_of_job
 
     if status not in {JobStatus.SUCCESS, JobStatus.FAILURE}:
         raise ValueError(f"a runner reports SUCCESS or FAILURE, not {status!r}")
     if step_ends:
-        PipelineRun.objects.select_for_update(no_key=True, of=("self",)).filter(jobs__id=job_id).first()
+        lock_run_of_job(job_id)
     for end in step_ends:
         step_finish(job_id=job_id, step_id=end.step_id, runner=runner, status=end.status, exit_code=end.exit_code)
     if not job_finish(job_id=job_id, status=status, exit_code=exit_code, reason=reason, runner=runner):

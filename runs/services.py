@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, CharField, DateTimeField, F, Max, Value
-from django.db.models import When as DbWhen
+from django.db.models import Max
 from django.utils import timezone
 
 from audit.models import AuditAction
 from audit.services import audit_record
+from cicd.db import model_columns, models_from_rows, prepared_cursor
 from cicd.follow_ups import follow_up_after_commit
 from pipelines.config.spec import JobSpec, PipelineSpec
 from pipelines.models import Pipeline
@@ -367,13 +367,46 @@ def _lock_run(run_id: Any, *, skip_locked: bool = False) -> PipelineRun | None:
     return PipelineRun.objects.select_for_update(no_key=True, skip_locked=skip_locked).filter(pk=run_id).first()
 
 
+# --- The statements of a job's finish and of promotion, prepared (cicd.db): every job's
+# finish runs them, and the ORM's compilation of them was most of the web's CPU for a finish
+# (py-spy, bench e2e). The rarer paths (cancels, retries, plays) keep the ORM.
+
+_RUN_OF_JOB_LOCKED_SQL = (
+    f"SELECT {model_columns(PipelineRun, 'run')} FROM {PipelineRun._meta.db_table} AS run "  # noqa: S608 (our tables)
+    f"JOIN {Job._meta.db_table} AS job ON job.run_id = run.id WHERE job.id = %s::uuid FOR NO KEY UPDATE OF run"
+)
+_CURRENT_JOBS_SQL = (
+    f"SELECT {model_columns(Job, 'job')} FROM {Job._meta.db_table} AS job "  # noqa: S608 (our table)
+    "WHERE job.run_id = %s::uuid AND NOT job.retried ORDER BY job.stage_index, job.name"
+)
+_EDGES_SQL = (
+    f"SELECT edge.job_id, edge.depends_on_id FROM {JobDependency._meta.db_table} AS edge "  # noqa: S608 (our tables)
+    f"JOIN {Job._meta.db_table} AS job ON job.id = edge.job_id WHERE job.run_id = %s::uuid AND NOT job.retried"
+)
+
+
+def lock_run_of_job(job_id: Any) -> PipelineRun | None:
+    """The run of the job (None if there is no such job), its row locked (FOR NO KEY UPDATE)
+    until the transaction ends: call it in one. Every writer of a run's jobs locks the run
+    first, so that concurrent reports cannot deadlock."""
+    with prepared_cursor() as cursor:
+        cursor.execute(_RUN_OF_JOB_LOCKED_SQL, [job_id])
+        rows = cursor.fetchall()
+    return models_from_rows(PipelineRun, rows)[0] if rows else None
+
+
 def _current_jobs(run_id: Any) -> dict[Any, Job]:
-    return {job.pk: job for job in Job.objects.filter(run_id=run_id, retried=False)}
+    with prepared_cursor() as cursor:
+        cursor.execute(_CURRENT_JOBS_SQL, [run_id])
+        rows = cursor.fetchall()
+    return {job.pk: job for job in models_from_rows(Job, rows)}
 
 
 def _nodes(jobs: Iterable[Job], run_id: Any) -> dict[Any, dag.Node]:
     needs: dict[Any, list[Any]] = defaultdict(list)
-    edges = JobDependency.objects.filter(job__run_id=run_id, job__retried=False).values_list("job_id", "depends_on_id")
+    with prepared_cursor() as cursor:
+        cursor.execute(_EDGES_SQL, [run_id])
+        edges = cursor.fetchall()
     for job_id, depends_on_id in edges:
         needs[job_id].append(depends_on_id)
     return {
@@ -396,34 +429,36 @@ def _nodes(jobs: Iterable[Job], run_id: Any) -> dict[Any, dag.Node]:
     }
 
 
+# One row per job of the group (unnest of the parallel arrays): its new status and reason,
+# and its new scheduled_at (NULL: unchanged); queued_at is `now` for a job that is queued.
+_TRANSITIONS_SQL = (
+    f"UPDATE {Job._meta.db_table} AS job SET status = planned.new, status_reason = planned.reason, "  # noqa: S608
+    f"queued_at = CASE WHEN planned.new = '{JobStatus.QUEUED.value}' THEN %s ELSE job.queued_at END, "
+    "scheduled_at = coalesce(planned.scheduled_at, job.scheduled_at) "
+    "FROM unnest(%s::uuid[], %s::varchar[], %s::varchar[], %s::timestamptz[]) "
+    "AS planned (id, new, reason, scheduled_at) WHERE job.id = planned.id AND job.status = %s"
+)
+
+
 def _apply_transitions(transitions: list[dag.Transition], *, now: datetime) -> None:
     """One guarded UPDATE per old status (at most two), whatever the number of jobs."""
     by_old: dict[str, list[dag.Transition]] = defaultdict(list)
     for transition in transitions:
         by_old[transition.old].append(transition)
     for old, group in by_old.items():
-        ids = [t.job_id for t in group]
-        fields: dict[str, Any] = {
-            "status": Case(*[DbWhen(pk=t.job_id, then=Value(t.new)) for t in group], output_field=CharField()),
-            "status_reason": Case(
-                *[DbWhen(pk=t.job_id, then=Value(t.reason)) for t in group], output_field=CharField()
-            ),
-        }
-        queued = [t.job_id for t in group if t.new == JobStatus.QUEUED]
-        if queued:
-            fields["queued_at"] = Case(
-                DbWhen(pk__in=queued, then=Value(now)), default=F("queued_at"), output_field=DateTimeField()
-            )
-        scheduled = [t for t in group if t.scheduled_at is not None]
-        if scheduled:
-            fields["scheduled_at"] = Case(
-                *[DbWhen(pk=t.job_id, then=Value(t.scheduled_at)) for t in scheduled],
-                default=F("scheduled_at"),
-                output_field=DateTimeField(),
-            )
-        updated = Job.objects.filter(pk__in=ids, status=old).update(**fields)
-        if updated != len(ids):
-            raise StaleState(f"planned {len(ids)} transitions from {old}, applied {updated}")
+        params = [
+            now,
+            [t.job_id for t in group],
+            [str(t.new) for t in group],
+            [t.reason for t in group],
+            [t.scheduled_at for t in group],
+            str(old),
+        ]
+        with prepared_cursor() as cursor:
+            cursor.execute(_TRANSITIONS_SQL, params)
+            updated = cursor.rowcount
+        if updated != len(group):
+            raise StaleState(f"planned {len(group)} transitions from {old}, applied {updated}")
 
 
 def _run_sync_status(run: PipelineRun, nodes: Iterable[dag.Node], *, now: datetime) -> bool:
@@ -447,6 +482,13 @@ def _run_sync_status(run: PipelineRun, nodes: Iterable[dag.Node], *, now: dateti
     return True
 
 
+_QUEUE_KEYS_SQL = (
+    f"UPDATE {Job._meta.db_table} AS job SET queue_key = keyed.key "  # noqa: S608 (our table)
+    "FROM unnest(%s::uuid[], %s::timestamptz[]) AS keyed (id, key) "
+    f"WHERE job.id = keyed.id AND job.status = '{JobStatus.QUEUED.value}' AND job.queue_key IS NULL"
+)
+
+
 def _assign_queue_keys(jobs: Iterable[Job], *, now: datetime) -> None:
     """Give the run's newly QUEUED jobs their place in the queue (every path that queues a
     job, from run creation to retries and manual plays, ends in _promote_locked, here).
@@ -467,9 +509,8 @@ def _assign_queue_keys(jobs: Iterable[Job], *, now: datetime) -> None:
     ahead = sum(1 for job in jobs if job.status in JobStatus.ACTIVE and job.queue_key is not None)
     step = timedelta(seconds=settings.CONVEYOR_FAIR_SHARE_STEP_S)
     keys = {job.pk: now + (ahead + rank) * step for rank, job in enumerate(waiting)}
-    Job.objects.filter(pk__in=keys, status=JobStatus.QUEUED, queue_key__isnull=True).update(
-        queue_key=Case(*[DbWhen(pk=pk, then=Value(key)) for pk, key in keys.items()], output_field=DateTimeField())
-    )
+    with prepared_cursor() as cursor:
+        cursor.execute(_QUEUE_KEYS_SQL, [list(keys), list(keys.values())])
     for job in waiting:
         job.queue_key = keys[job.pk]
 
@@ -628,6 +669,14 @@ def job_start(*, job: Job, runner: Runner | None, lease_seconds: int) -> bool:
     return True
 
 
+# The job's end, guarded: it runs (on `runner`, if one is given: NULL matches any).
+_FINISH_SQL = (
+    f"UPDATE {Job._meta.db_table} SET status = %s, exit_code = %s, finished_at = %s, status_reason = %s "  # noqa: S608
+    f"WHERE id = %s::uuid AND status = '{JobStatus.RUNNING.value}' "
+    "AND runner_id IS NOT DISTINCT FROM coalesce(%s::uuid, runner_id)"
+)
+
+
 @transaction.atomic
 def job_finish(
     *,
@@ -648,7 +697,7 @@ def job_finish(
     """
     if status not in FINISH_STATUSES:
         raise ValueError(f"a job finishes as SUCCESS, FAILURE or CANCELLED, not {status!r}")
-    run = PipelineRun.objects.select_for_update(no_key=True, of=("self",)).filter(jobs__id=job_id).first()
+    run = lock_run_of_job(job_id)
     if run is None:
         return False
     guard = Job.objects.filter(pk=job_id, status=JobStatus.RUNNING)
@@ -660,8 +709,11 @@ def job_finish(
     if status == JobStatus.FAILURE and job is None:
         return False
     now = timezone.now()
-    if guard.update(status=status, exit_code=exit_code, finished_at=now, status_reason=reason[:500]) != 1:
-        return False
+    finished = [str(status), exit_code, now, reason[:500], job_id, runner.pk if runner is not None else None]
+    with prepared_cursor() as cursor:
+        cursor.execute(_FINISH_SQL, finished)
+        if cursor.rowcount != 1:
+            return False
     if job is not None:
         job.status, job.exit_code, job.finished_at, job.status_reason = status, exit_code, now, reason[:500]
         kind = _failure_kind(reason=reason, exit_code=exit_code)
@@ -685,7 +737,7 @@ def job_requeue(*, job_id: Any, reason: str, runner: Runner | None = None) -> Jo
     """Give a RUNNING job back to the queue as a new attempt (its runner is going away, or
     lost it). The current attempt ends FAILURE with `reason` (runner_system_failure if
     empty). None if the job is not RUNNING (or, with `runner`, not on that runner)."""
-    run = PipelineRun.objects.select_for_update(no_key=True, of=("self",)).filter(jobs__id=job_id).first()
+    run = lock_run_of_job(job_id)
     if run is None:
         return None
     guard = Job.objects.filter(pk=job_id, status=JobStatus.RUNNING)
