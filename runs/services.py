@@ -700,14 +700,14 @@ def job_finish(
     run = lock_run_of_job(job_id)
     if run is None:
         return False
-    guard = Job.objects.filter(pk=job_id, status=JobStatus.RUNNING)
-    if runner is not None:
-        guard = guard.filter(runner=runner)
     # The job itself is read only for what a failure may need (its retry settings, a copy
     # for the next attempt): a success is the guarded update alone.
-    job = guard.first() if status == JobStatus.FAILURE else None
-    if status == JobStatus.FAILURE and job is None:
-        return False
+    job = None
+    if status == JobStatus.FAILURE:
+        guard = Job.objects.filter(pk=job_id, status=JobStatus.RUNNING)
+        job = (guard if runner is None else guard.filter(runner=runner)).first()
+        if job is None:
+            return False
     now = timezone.now()
     finished = [str(status), exit_code, now, reason[:500], job_id, runner.pk if runner is not None else None]
     with prepared_cursor() as cursor:
