@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from django.db import connection
 from django.db.models import Subquery, Sum, Value
 from django.db.models.functions import Coalesce, Length, Replace
 
 from cicd.db import prepared_cursor
 from logs.models import LogChunkKind, StepLog
-from pipelines.models import Pipeline, Repository, Variable
+from pipelines.models import Repository
 from pipelines.permissions import can_view
 from runs.models import Job, PipelineRun, Step
 
@@ -49,25 +48,11 @@ def job_for_viewer(*, user: Any, job_id: Any) -> Job | None:
 
 def job_masked_values(*, job_id: Any) -> list[str]:
     """Values to mask in this job's log at ingest (defence in depth: the runner masks first):
-    the masked CI/CD variables of the job's repository (all of them, as
-    pipelines.variables.masked_values_of_job). The job token is known only as a hash; the
-    ingest service masks it when a chunk arrives authenticated with it.
+    the masked CI/CD variables of the job's repository. The job token is known only as a
+    hash; the ingest service masks it when a chunk arrives authenticated with it."""
+    from pipelines.variables import masked_values_of_job
 
-    Read for every chunk of every job: one prepared statement (cicd.db), not a query the ORM
-    compiles each time; the values are decrypted as the ORM reads them."""
-    value = Variable._meta.get_field("value")
-    with prepared_cursor() as cursor:
-        cursor.execute(_MASKED_VALUES_SQL, [job_id])
-        return [value.from_db_value(stored, None, connection) for (stored,) in cursor.fetchall()]
-
-
-_MASKED_VALUES_SQL = (
-    f"SELECT v.value FROM {Job._meta.db_table} j "  # noqa: S608 (our tables)
-    f"JOIN {PipelineRun._meta.db_table} r ON r.id = j.run_id "
-    f"JOIN {Pipeline._meta.db_table} p ON p.id = r.pipeline_id "
-    f"JOIN {Variable._meta.db_table} v ON v.repository_id = p.repository_id "
-    "WHERE j.id = %s::uuid AND v.masked"
-)
+    return masked_values_of_job(job_id=job_id)
 
 
 # --- Offsets and history.
