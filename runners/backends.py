@@ -45,6 +45,7 @@ class OrmBackend:
     def __init__(self, *, runner: Runner):
         self.runner = runner
         self._listener: psycopg.Connection | None = None
+        self.on_job_lost = None  # set by the runner loop (runners.worker.Backend)
 
     @property
     def artifacts(self):
@@ -91,11 +92,16 @@ class OrmBackend:
         return True
 
     def _report(self, call, *args, **kwargs) -> None:
-        # A refused report means the job was cancelled or taken away: the heartbeat stops it.
+        # A refused report means the job was cancelled or taken away: the loop stops it.
         try:
             self._db(call, *args, runner=self.runner, **kwargs)
         except JobNotHeld as exc:
             logger.info("report ignored: %s", exc)
+            self._lost(kwargs["job_id"])
+
+    def _lost(self, job_id) -> None:
+        if self.on_job_lost is not None:
+            self.on_job_lost(str(job_id))
 
     def step_started(self, job: ClaimedJob, step: ClaimedStep) -> None:
         self._report(services.step_start, job_id=job.id, step_id=step.id)
@@ -108,6 +114,7 @@ class OrmBackend:
             )
         except JobNotHeld as exc:
             logger.info("log chunk ignored: %s", exc)
+            self._lost(job.id)
             return None
         except LogGap as exc:
             if text:  # an empty chunk is a probe for where the log ends, not a fault

@@ -149,6 +149,7 @@ class HttpBackend:
         self._prefetch = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prefetch")
         self._prefetched: OrderedDict[str, dict[str, Future]] = OrderedDict()
         self._prefetched_lock = threading.Lock()
+        self.on_job_lost = None  # set by the runner loop (runners.worker.Backend)
 
     @property
     def artifacts(self):
@@ -230,16 +231,21 @@ class HttpBackend:
         self._check(response, "heartbeat")
         return True
 
-    def _job_call(self, path: str, body: dict[str, Any], what: str) -> requests.Response | None:
+    def _job_call(self, job: ClaimedJob, path: str, body: dict[str, Any], what: str) -> requests.Response | None:
         response = self.client.post(path, body)
         if response.status_code == 409 and response.json().get("code") == "job_not_held":
-            # Cancelled or taken away: the heartbeat will stop the job; nothing to report.
+            # Cancelled or taken away: nothing to report, and the job is stopped.
             logger.info("%s ignored: %s", what, _detail(response))
+            self._lost(job)
             return None
         return response
 
+    def _lost(self, job: ClaimedJob) -> None:
+        if self.on_job_lost is not None:
+            self.on_job_lost(job.id)
+
     def step_started(self, job: ClaimedJob, step: ClaimedStep) -> None:
-        response = self._job_call(f"jobs/{job.id}/steps/{step.id}/start", {}, "step start")
+        response = self._job_call(job, f"jobs/{job.id}/steps/{step.id}/start", {}, "step start")
         if response is not None:
             self._check(response, "step start")
 
@@ -256,6 +262,8 @@ class HttpBackend:
                 logger.info("log chunk at %s out of order; the server expects %s", offset, body["expected_offset"])
                 return int(body["expected_offset"])
             logger.info("log chunk ignored: %s", _detail(response))
+            if body.get("code") == "job_not_held":
+                self._lost(job)
             return None
         self._check(response, "log chunk")
         return int(response.json()["next_offset"])
@@ -265,7 +273,7 @@ class HttpBackend:
 
     def _step_end(self, job: ClaimedJob, end: StepEnd) -> None:
         body = {"status": end.status, "exit_code": end.exit_code}
-        response = self._job_call(f"jobs/{job.id}/steps/{end.step_id}/finish", body, "step finish")
+        response = self._job_call(job, f"jobs/{job.id}/steps/{end.step_id}/finish", body, "step finish")
         if response is not None:
             self._check(response, "step finish")
 
@@ -279,13 +287,13 @@ class HttpBackend:
         else:  # an older server: each on its own first
             for end in result.step_ends:
                 self._step_end(job, end)
-        response = self._job_call(f"jobs/{job.id}/finish", body, "finish")
+        response = self._job_call(job, f"jobs/{job.id}/finish", body, "finish")
         if response is not None:
             self._check(response, "finish")
 
     def release(self, job: ClaimedJob, reason: str) -> None:
         self._forget_prefetched(job)
-        response = self._job_call(f"jobs/{job.id}/release", {"reason": reason}, "release")
+        response = self._job_call(job, f"jobs/{job.id}/release", {"reason": reason}, "release")
         if response is not None:
             self._check(response, "release")
 

@@ -10,6 +10,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,6 +22,11 @@ logger = logging.getLogger(__name__)
 
 
 class Backend(Reporter, Protocol):
+    # Called with a job's id when the server refuses a report on it because the job is no
+    # longer this runner's (cancelled, or reaped and handed to another runner). The loop sets
+    # it, and stops the job at once rather than at its next heartbeat.
+    on_job_lost: Callable[[str], None] | None
+
     def claim(self) -> ClaimedJob | None: ...
 
     def wait_for_work(self, timeout: float) -> None:
@@ -133,6 +139,7 @@ class RunnerLoop:
         # Set when a job's thread ends (or on a stop signal): wakes the loop waiting for a slot,
         # so that the next claim follows a job's end at once rather than at the next poll.
         self._slot_freed = threading.Event()
+        backend.on_job_lost = self._job_lost
 
     def install_signal_handlers(self) -> None:
         def stop(signum, _frame):
@@ -257,15 +264,23 @@ class RunnerLoop:
                         # Never let this thread die: without it every running job loses its lease.
                         logger.warning("heartbeat for %s refused: %s", running.job.id, exc)
                         continue
-                    if not keep and not running.finished:
-                        logger.info("job %s was cancelled or taken away: stopping it", running.job.id)
-                        running.lost = True
-                        running.stop.set()
+                    if not keep:
+                        self._job_lost(running.job.id)
                 if self.stopping.is_set() and not self._active():
                     return
                 time.sleep(self.heartbeat_interval)
         finally:
             self.backend.close_thread()
+
+    def _job_lost(self, job_id: str) -> None:
+        """The server no longer wants the job run by us: stop it, and report nothing more on it."""
+        with self._lock:
+            running = self._running.get(job_id)
+        if running is None or running.lost or running.finished:
+            return
+        logger.info("job %s was cancelled or taken away: stopping it", job_id)
+        running.lost = True
+        running.stop.set()
 
     def _shutdown(self) -> None:
         deadline = time.monotonic() + self.grace_period

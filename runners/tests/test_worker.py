@@ -50,9 +50,27 @@ class RecordingExecutor:
         self.events.append("cleanup")
 
 
-def serve_one_job(executor, events) -> None:
+class RefusedReportExecutor(RecordingExecutor):
+    """Reports a step start that the server refuses (the job is no longer this runner's),
+    then records whether the job was told to stop before its next step."""
+
+    def __init__(self, events: list[str], backend: RecordingBackend):
+        super().__init__(events)
+        self.backend = backend
+
+    def run(self, job, stop: threading.Event) -> JobResult:
+        self.events.append("run")
+        self.backend.on_job_lost(job.id)  # what a backend does on a 409 job_not_held
+        self.events.append("stopped" if stop.is_set() else "not stopped")
+        return JobResult(status="SUCCESS", exit_code=0)
+
+
+def serve_one_job(executor, events, backend=None) -> None:
     job = claimed_job(clone_url="/nowhere", commit_sha="a" * 40, steps=[("script", "true")])
-    loop = RunnerLoop(backend=RecordingBackend([job], events), executor=executor, max_jobs=1, heartbeat_interval=0.05)
+    backend = backend or RecordingBackend([job], events)
+    backend.jobs = [job]
+    # A heartbeat far off: what stops a job here is not the heartbeat.
+    loop = RunnerLoop(backend=backend, executor=executor, max_jobs=1, heartbeat_interval=60)
     loop.serve()
     loop.wait_idle()
 
@@ -67,3 +85,10 @@ def test_a_crashed_executor_still_fails_the_job_and_cleans_up():
     events: list[str] = []
     serve_one_job(RecordingExecutor(events, crash=True), events)
     assert events == ["run", "complete FAILURE", "cleanup"]
+
+
+def test_a_refused_report_stops_the_job_at_once_and_nothing_more_is_reported():
+    events: list[str] = []
+    backend = RecordingBackend([], events)
+    serve_one_job(RefusedReportExecutor(events, backend), events, backend)
+    assert events == ["run", "stopped", "cleanup"]
