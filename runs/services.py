@@ -773,9 +773,14 @@ def job_play(*, job: Job, user: AbstractBaseUser | None = None) -> Job:
     )
     if updated != 1:
         raise TransitionError(f"job {job.name!r} is not waiting to be started by a person")
+    # Reopened here, as job_retry does, rather than by the promotion's status sync: a run that
+    # a cancelled job ended is not promoted at all, and the jobs reset below would be left
+    # PENDING for good (test_engine_properties found it).
+    reopened = run.status in RunStatus.TERMINAL
+    _run_reopen(run, now=now)
     _notify_queue()
     _reset_skipped_descendants(run, roots=[job.pk])
-    _promote_locked(run, now=now, changed=True)
+    _promote_locked(run, now=now, changed=True, run_changed=reopened)
     job.refresh_from_db()
     return job
 

@@ -6,8 +6,9 @@ variables carry over from line to line through a small state file.
 
 The checkout takes its objects from a cache of the host (`GitCache`), so that a commit is
 fetched once per host rather than once per job. A workspace is locked while its job runs
-and removed once the job is reported (`cleanup`); one whose runner died is removed by the
-next runner that starts on the host (`sweep_workspaces`).
+and emptied once the job is reported (`cleanup`): back to what a fresh one holds, for the
+runner's next job (`_reset_tree`), or removed when that cannot be done. One whose runner
+died is removed by the next runner that starts on the host (`sweep_workspaces`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import re
+import secrets
 import selectors
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -38,11 +42,15 @@ from runners.executors.base import JobResult, LogStream, Reporter
 from runners.services import ClaimedJob, ClaimedStep, StepEnd
 from runs.models import StepKind, StepStatus
 
+logger = logging.getLogger(__name__)
+
 _KILL_GRACE_S = 2.0
 _DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 # A workspace nobody holds the lock of is a dead runner's, once it is this old (younger ones
 # may be between their creation and their lock).
 _ORPHAN_MIN_AGE_S = 60.0
+# Emptied workspaces a runner keeps for its next jobs (see ShellExecutor._recycle).
+_SPARE_WORKSPACES = 8
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 # The cache fetches commits by their sha, so nothing references them: git must never prune
 # them (gc, or maintenance in newer versions) while a workspace borrows them.
@@ -256,6 +264,11 @@ class ShellExecutor:
         # What `git init` makes (relative path -> contents, None for a directory), kept from
         # the first checkout (see _git_init).
         self._empty_git_dir: dict[str, bytes | None] | None = None
+        # Workspaces of finished jobs, emptied back to what a fresh one holds, with their locks
+        # (see _recycle): the next job takes one rather than making its directories anew.
+        self._spares: list[tuple[Path, int]] = []
+        self._spares_lock = threading.Lock()
+        self._modes = _fresh_modes()
         # Reports sent while the job's thread goes on (the checkout's first log line). Long-lived
         # threads: an HTTP backend's connections (one per thread) are kept alive between jobs.
         self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shell-reports")
@@ -265,9 +278,8 @@ class ShellExecutor:
     def run(self, job: ClaimedJob, stop: threading.Event) -> JobResult:
         """Run the job in a fresh workspace. The workspace stays (locked) until cleanup(job):
         removing it is no part of the job, and its report need not wait for it."""
-        self.builds_dir.mkdir(parents=True, exist_ok=True)
-        workspace = Path(tempfile.mkdtemp(prefix=f"{job.id}-", dir=self.builds_dir))
-        self._workspaces[job.id] = (workspace, _lock_workspace(workspace))
+        workspace, fd = self._workspace(job)
+        self._workspaces[job.id] = (workspace, fd)
         self._job_groups[job.id] = []
         try:
             return self._run_in(workspace, job, stop)
@@ -278,25 +290,81 @@ class ShellExecutor:
                 _kill_group_if_ours(pgid, start)
                 self.guardian.unregister(pgid)
 
+    def _workspace(self, job: ClaimedJob) -> tuple[Path, int]:
+        """A fresh workspace for the job, and the descriptor that holds its lock: an emptied one
+        of an earlier job (renamed after this job, as a new one is named), or a new one."""
+        with self._spares_lock:
+            spare = self._spares.pop() if self._spares else None
+        if spare is not None:
+            workspace, fd = spare
+            renamed = workspace.with_name(f"{job.id}-{secrets.token_hex(4)}")
+            try:
+                os.rename(workspace, renamed)  # the lock is on the directory, not its name
+                return renamed, fd
+            except OSError:
+                _remove(workspace, fd)
+        self.builds_dir.mkdir(parents=True, exist_ok=True)
+        workspace = Path(tempfile.mkdtemp(prefix=f"{job.id}-", dir=self.builds_dir))
+        return workspace, _lock_workspace(workspace)
+
     def cleanup(self, job: ClaimedJob) -> None:
-        """Remove the job's workspace (the runner calls it once the job is reported). With
-        keep_workspace it stays, locked while this executor lives."""
+        """Empty the job's workspace for the next job, or remove it (the runner calls this once
+        the job is reported). With keep_workspace it stays, locked while this executor lives."""
         if self.keep_workspace:
             return
         held = self._workspaces.pop(job.id, None)
         if held is None:
             return
         workspace, fd = held
+        if not self._recycle(workspace, fd):
+            _remove(workspace, fd)
+
+    def _recycle(self, workspace: Path, fd: int) -> bool:
+        """Bring a finished job's workspace back to what a fresh one holds before its checkout
+        (see _skeleton) and keep it for the next job. False if it is not kept: enough are, or
+        something in it cannot be removed or reset.
+
+        Why: a job's workspace is some 25 files and directories, and making and removing them
+        for every job was the largest part of a runner's CPU per job on ext4 without a journal,
+        whose allocator passes over every inode removed in the last minutes on each new one
+        (bench/README.md, "e2e"). Kept, the 13 directories and the files rewritten in place
+        (HEAD, config) are not made again; what the job made is removed, as before."""
+        if self._empty_git_dir is None:  # no checkout yet, so no skeleton to keep
+            return False
+        with self._spares_lock:
+            if len(self._spares) >= _SPARE_WORKSPACES:
+                return False
         try:
-            shutil.rmtree(workspace, ignore_errors=True)
-        finally:
-            os.close(fd)
+            root = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            try:
+                _reset_tree(root, self._skeleton(), *self._modes, top_mode=0o700)
+            finally:
+                os.close(root)
+        except OSError as exc:
+            logger.info("workspace %s not kept for the next job: %s", workspace, exc)
+            return False
+        with self._spares_lock:
+            self._spares.append((workspace, fd))
+        return True
+
+    def _skeleton(self) -> dict:
+        """What a fresh workspace holds before its checkout: the directories _run_in makes,
+        the repository _git_init makes (its files with their contents), and the artifacts
+        directory JobArtifacts makes before the checkout's end is logged."""
+        git: dict = {}
+        for relative, contents in self._empty_git_dir.items():  # parents first
+            *parents, name = Path(relative).parts
+            node = git
+            for part in parents:
+                node = node[part]
+            node[name] = {} if contents is None else contents
+        return {"src": {".git": git}, "state": {}, "tmp": {}, "home": {}, "artifacts": {}}
 
     def _run_in(self, workspace: Path, job: ClaimedJob, stop: threading.Event) -> JobResult:
         project = workspace / "src"
         state = workspace / "state"
         for directory in (project, state, workspace / "tmp", workspace / "home"):
-            directory.mkdir()
+            directory.mkdir(exist_ok=True)  # there already in a recycled workspace
         env = self._environment(job, workspace, project)
         deadline = time.monotonic() + job.timeout_s
         steps = list(job.steps)
@@ -414,6 +482,8 @@ class ShellExecutor:
         between a job's claim and its first step (bench e2e); the copy takes about 1 ms."""
         git_dir = project / ".git"
         empty = self._empty_git_dir
+        if git_dir.is_dir():  # a recycled workspace: emptied back to this (see _recycle)
+            return
         if empty is None:
             # No template (sample hooks, description): a job needs none of it, and copying it
             # made `git init` the slowest part of a checkout.
@@ -539,6 +609,85 @@ def _read_tree(root: Path) -> dict[str, bytes | None]:
         for name in subdirectories:
             tree[str(base / name)] = None
     return tree
+
+
+def _fresh_modes() -> tuple[int, int]:
+    """The modes of the directories and files a fresh workspace gets (0o777 and 0o666 less the
+    process's umask, read without changing it)."""
+    umask = 0o022
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                umask = int(line.split()[1], 8)
+    return 0o777 & ~umask, 0o666 & ~umask
+
+
+def _reset_tree(fd: int, spec: dict, dir_mode: int, file_mode: int, *, top_mode: int | None = None) -> None:
+    """Make the directory open at `fd` hold exactly `spec` (a name to a dict, a directory
+    holding that; or to bytes, a file of those contents), with the modes a fresh one gets.
+    Everything else in it is removed. Nothing is followed: a symlink, or anything else where a
+    directory or file of `spec` should be, is removed and made anew. A file is rewritten in
+    place only if it has no other link (a hard link from a job must not carry the write
+    elsewhere), and a directory kept must be this process's. Raises OSError where it cannot."""
+    info = os.fstat(fd)
+    if info.st_uid != os.geteuid():
+        raise PermissionError(f"a directory of uid {info.st_uid} in the workspace")
+    os.fchmod(fd, dir_mode if top_mode is None else top_mode)
+    kept = set()
+    for entry in list(os.scandir(fd)):
+        want = spec.get(entry.name)
+        if isinstance(want, dict) and entry.is_dir(follow_symlinks=False):
+            child = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            try:
+                _reset_tree(child, want, dir_mode, file_mode)
+            finally:
+                os.close(child)
+            kept.add(entry.name)
+        elif (
+            isinstance(want, bytes)
+            and entry.is_file(follow_symlinks=False)
+            and _rewrite(fd, entry.name, want, file_mode)
+        ):
+            kept.add(entry.name)
+        elif entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.name, dir_fd=fd)
+        else:
+            os.unlink(entry.name, dir_fd=fd)
+    for name, want in spec.items():
+        if name in kept:
+            continue
+        if isinstance(want, dict):
+            os.mkdir(name, dir_fd=fd)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            try:
+                _reset_tree(child, want, dir_mode, file_mode)
+            finally:
+                os.close(child)
+        else:
+            handle = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=fd)
+            with open(handle, "wb") as file:
+                file.write(want)
+
+
+def _rewrite(fd: int, name: str, contents: bytes, mode: int) -> bool:
+    """Write `contents` over the file `name` in place (the same inode), with `mode`. False,
+    nothing written, if it is not a regular file of this process's with no other link."""
+    handle = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+    with open(handle, "wb") as file:
+        info = os.fstat(handle)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != os.geteuid():
+            return False
+        os.fchmod(handle, mode)
+        file.truncate()
+        file.write(contents)
+    return True
+
+
+def _remove(workspace: Path, fd: int) -> None:
+    try:
+        shutil.rmtree(workspace, ignore_errors=True)
+    finally:
+        os.close(fd)
 
 
 def _flush_and_let_go(log: LogStream) -> None:

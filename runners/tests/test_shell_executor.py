@@ -113,7 +113,7 @@ def test_cancel_kills_a_running_sleep_and_its_children(executor, reporter, repo,
     assert not marker.exists(), "a child of the cancelled step outlived the cancel"
 
 
-def test_the_workspace_stays_until_the_job_is_cleaned_up_and_is_removed_then(executor, repo, tmp_path):
+def test_the_workspace_stays_until_the_job_is_cleaned_up_and_is_emptied_then(executor, repo, tmp_path):
     path, sha = repo
     job = claimed_job(clone_url=str(path), commit_sha=sha, steps=[("script", "touch left-behind")])
     builds = tmp_path / "builds" / "conveyor-builds"
@@ -123,8 +123,22 @@ def test_the_workspace_stays_until_the_job_is_cleaned_up_and_is_removed_then(exe
     assert (workspace / "src" / "left-behind").exists()
 
     executor.cleanup(job)
-    assert list(builds.iterdir()) == []
+    # Kept for the runner's next job, as a fresh one is (runners/tests/test_workspace_recycling.py).
+    [kept] = builds.iterdir()
+    assert sorted(p.name for p in kept.iterdir()) == ["artifacts", "home", "src", "state", "tmp"]
+    assert [p.name for p in (kept / "src").iterdir()] == [".git"]
     executor.cleanup(job)  # twice: nothing left to do
+    assert list(builds.iterdir()) == [kept]
+
+
+def test_a_runner_with_keep_workspace_leaves_each_workspace_as_its_job_left_it(reporter, repo, tmp_path):
+    executor = ShellExecutor(reporter=reporter, builds_dir=tmp_path / "builds", keep_workspace=True)
+    path, sha = repo
+    job = claimed_job(clone_url=str(path), commit_sha=sha, steps=[("script", "touch left-behind")])
+    assert executor.run(job, threading.Event()).status == "SUCCESS"
+    executor.cleanup(job)
+    [workspace] = (tmp_path / "builds" / "conveyor-builds").iterdir()
+    assert (workspace / "src" / "left-behind").exists()
 
 
 def _aged(path, seconds: float = 3600) -> None:

@@ -270,6 +270,28 @@ def test_a_run_finishes_without_its_optional_manual_job_and_reopens_when_it_is_p
 
 
 @pytest.mark.django_db
+def test_a_run_a_cancelled_job_ended_reopens_when_its_manual_job_is_played_and_decides_its_jobs_again() -> None:
+    """Found by test_engine_properties: the jobs the played job's stage had skipped went back
+    to PENDING, and a CANCELLED run was never promoted again, so they stayed PENDING for good."""
+    run = create_run(
+        job("manual", "build", when="manual"),
+        job("build", "build"),
+        job("test", "test"),
+        stages=["build", "test"],
+    )
+    execute(run, "build", C)
+    assert statuses(run) == {"manual": M, "build": C, "test": SK}
+    assert run_status(run) == RunStatus.CANCELLED
+
+    job_play(job=current_job(run, "manual"))
+    assert run_status(run) == RunStatus.RUNNING
+    assert statuses(run) == {"manual": Q, "build": C, "test": P}
+    execute(run, "manual")
+    assert statuses(run) == {"manual": S, "build": C, "test": SK}
+    assert run_status(run) == RunStatus.CANCELLED
+
+
+@pytest.mark.django_db
 def test_a_job_that_needs_an_optional_manual_job_is_skipped_at_run_end_and_reconsidered_when_it_is_played() -> None:
     run = create_run(
         job("build", "build"),
