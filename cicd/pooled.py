@@ -10,8 +10,15 @@ A view marked `@pooled("name")` is served here instead, as under WSGI: the same 
 URL resolution and view, run in one of the named pool's long-lived threads, which keep
 their database connections between requests (CONN_MAX_AGE, CONN_HEALTH_CHECKS and the
 request signals apply as usual). Everything else goes to Django's ASGI application: pages,
-the runner's long-poll (an async view), and the artifact calls that stream a body, which
-would hold one of a pool's few threads for the whole transfer.
+and the artifact calls that stream a body, which would hold one of a pool's few threads for
+the whole transfer.
+
+An async view marked `@without_middleware` (the runner's long-poll) is served by Django's ASGI
+handler with no middleware: URL resolution, the view, and errors made responses, as usual.
+Each of the 8 middlewares' hooks is sync code that Django runs through sync_to_async, in a
+thread made for the request, and these hops were 70% of the long-poll's CPU (py-spy --gil,
+bench e2e), paid on every job's claim. A runner's bearer-token JSON call has no use for what
+they add (sessions, users, CSRF, messages, the browser's security headers).
 
 What a request's committed changes announce (cicd.follow_ups: viewer events, commit
 statuses, notifications) runs in the pool once the response is sent: a runner's report is
@@ -31,8 +38,10 @@ from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.base import BaseHandler
+from django.core.handlers.exception import convert_exception_to_response
 from django.db import close_old_connections
-from django.http import HttpResponseBase
+from django.http import HttpRequest, HttpResponseBase
+from django.middleware.security import SecurityMiddleware
 from django.urls import Resolver404, resolve, set_script_prefix
 
 from cicd.follow_ups import follow_ups_collected
@@ -58,6 +67,32 @@ def pooled(pool: str) -> Callable[[Callable], Callable]:
         return view
 
     return mark
+
+
+def without_middleware(view: Callable) -> Callable:
+    """Mark an async view to be served without Django's middleware (outermost decorator)."""
+    view.served_without_middleware = True
+    return view
+
+
+# _pool_of's answer for a view marked @without_middleware.
+_NO_MIDDLEWARE = "<no middleware>"
+
+
+class _HandlerWithoutMiddleware(ASGIHandler):
+    """Django's ASGI handler with no middleware chain. What of it concerns any request is done
+    in the event loop, without a hop: the host is checked against ALLOWED_HOSTS (a 400
+    otherwise), and SecurityMiddleware's redirect to HTTPS and headers apply (plain code, no I/O)."""
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        self._view_middleware, self._template_response_middleware, self._exception_middleware = [], [], []
+        self._security = SecurityMiddleware(self._get_response_async)
+        self._middleware_chain = convert_exception_to_response(self._checked)
+
+    async def _checked(self, request: HttpRequest) -> HttpResponseBase:
+        request.get_host()  # DisallowedHost: a 400, as through CommonMiddleware
+        response = self._security.process_request(request) or await self._get_response_async(request)
+        return self._security.process_response(request, response)
 
 
 def _run(work: Work) -> None:
@@ -90,13 +125,17 @@ class PooledViews(ASGIHandler):
             for name, threads in pools.items()
         }
         self._pools_by_path: dict[str, str] = {}
+        self.without_middleware = _HandlerWithoutMiddleware()
 
-    def executor_for(self, scope: Scope) -> ThreadPoolExecutor | None:
+    def _route(self, scope: Scope) -> str | None:
         if scope.get("type") != "http":
             return None
         path = str(scope.get("path", ""))
         root = str(scope.get("root_path", ""))
-        return self.executors.get(self._pool_of(path[len(root) :] if root and path.startswith(root) else path))
+        return self._pool_of(path[len(root) :] if root and path.startswith(root) else path)
+
+    def executor_for(self, scope: Scope) -> ThreadPoolExecutor | None:
+        return self.executors.get(self._route(scope) or "")
 
     def _pool_of(self, path: str) -> str:
         # Resolving the URL here, and again in Django's handler, was a twentieth of a webhook's
@@ -106,7 +145,9 @@ class PooledViews(ASGIHandler):
         except KeyError:
             pass
         try:
-            pool = getattr(resolve(path).func, "served_in_pool", "")
+            view = resolve(path).func
+            pool = _NO_MIDDLEWARE if getattr(view, "served_without_middleware", False) else ""
+            pool = getattr(view, "served_in_pool", pool)
         except Resolver404:
             pool = ""
         if len(self._pools_by_path) >= PATHS_REMEMBERED:  # paths with ids in them: keep it bounded
@@ -115,7 +156,11 @@ class PooledViews(ASGIHandler):
         return pool
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        executor = self.executor_for(scope)
+        route = self._route(scope)
+        if route == _NO_MIDDLEWARE:
+            await self.without_middleware(scope, receive, send)
+            return
+        executor = self.executors.get(route or "")
         if executor is None:
             await self.app(scope, receive, send)
             return

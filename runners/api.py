@@ -26,7 +26,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from cicd.pooled import pooled
+from cicd.pooled import pooled, without_middleware
 from logs.services import LogGap
 from runners import services
 from runners.models import Executor, Runner
@@ -188,6 +188,7 @@ def _authenticate_and_claim(token: str) -> dict[str, Any] | None:
     return {**dataclasses.asdict(claimed), "artifact_lists": lists}
 
 
+@without_middleware  # served by cicd.pooled with no middleware: see there
 @csrf_exempt
 async def request_job(request: HttpRequest) -> HttpResponse:
     """Claim a job; with {"wait": N} long-poll up to N seconds, woken by LISTEN/NOTIFY. The

@@ -3,6 +3,7 @@ messages sent back (cicd.pooled, the webhook endpoint, the runner API)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -63,7 +64,12 @@ async def call(app, request_scope: dict, body: bytes) -> Answer:
     chunks = [{"type": "http.request", "body": body, "more_body": False}]
 
     async def receive() -> dict:
-        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+        if chunks:
+            return chunks.pop(0)
+        # As a server does while the client waits for its answer: nothing more until it hangs
+        # up (Django's handler listens for that, and would drop the request on it).
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
 
     await app(request_scope, receive, answer.send)
     return answer

@@ -687,6 +687,30 @@ def test_the_job_calls_are_served_by_the_pool_and_the_long_poll_is_not(served):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_the_long_poll_is_served_without_middleware_with_the_same_answers(holder, served):
+    _, token = holder
+    run = create_run(job("compile", "build", script=["make"]))
+
+    claimed = served_post(served, "jobs/request", {"wait": 0}, token)
+    assert claimed.status == 200
+    assert claimed.json()["id"] == str(current_job(run, "compile").pk)
+    assert served_post(served, "jobs/request", {"wait": 0}, token).status == 204
+    assert served_post(served, "jobs/request", {"wait": "soon"}, token).status == 400
+    assert served_post(served, "jobs/request", {"wait": 0}, "cvr_wrong").status == 401
+    # The middleware did not run (cicd.pooled): none of the page headers it adds to the other
+    # answers; SecurityMiddleware's are there, and the host is checked as everywhere.
+    heartbeat = served_post(served, f"jobs/{claimed.json()['id']}/heartbeat", {}, token)
+    assert "x-frame-options" in heartbeat.headers and "content-security-policy" in heartbeat.headers
+    assert "x-frame-options" not in claimed.headers and "content-security-policy" not in claimed.headers
+    assert claimed.headers["x-content-type-options"] == "nosniff"
+    data = json.dumps({"wait": 0}).encode()
+    elsewhere = scope(
+        API + "jobs/request", body=data, headers={"authorization": f"Bearer {token}"}, host="evil.example"
+    )
+    assert asyncio.run(call(served, elsewhere, data)).status == 400
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_finish_is_answered_before_its_runs_follow_ups_which_still_run(holder, held_job, served, monkeypatch):
     _, token = holder
     release, done = threading.Event(), threading.Event()

@@ -241,6 +241,9 @@ def test_random_pipelines_obey_the_rules(shape_list: list[Shape], data: st.DataO
             ), f"{name} started before its upstream was done"
             assert job_start(job=snap[name], runner=None, lease_seconds=60)
             started.append(name)
+            # Judged on what was known as it started: a job a played manual job's dependents
+            # fail after it ran had nothing to stop it (GitLab's semantics too).
+            assert name not in _tainted(shapes, snap), f"{name} started downstream of an unallowed failure"
         else:
             name = data.draw(st.sampled_from(running), label="finish")
             outcome = data.draw(st.sampled_from(["SUCCESS", "SUCCESS", "FAILURE", "FAILURE", "CANCELLED"]))
@@ -267,5 +270,3 @@ def test_random_pipelines_obey_the_rules(shape_list: list[Shape], data: st.DataO
         assert run.finished_at is not None and run.duration_s is not None
     else:
         assert run.finished_at is None
-    never_run = _tainted(shapes, final) & set(started)
-    assert not never_run, f"{sorted(never_run)} ran downstream of an unallowed failure"

@@ -292,6 +292,27 @@ def test_a_run_a_cancelled_job_ended_reopens_when_its_manual_job_is_played_and_d
 
 
 @pytest.mark.django_db
+def test_a_later_stage_that_ran_while_a_needs_job_was_skipped_stays_as_it_ran_when_that_job_fails_later() -> None:
+    """Found by test_engine_properties: what ran cannot be un-run. A job skipped because its
+    manual need was not played lets the next stage run; played later, it runs and fails, and
+    the run fails, but the next stage's jobs keep their results."""
+    run = create_run(
+        job("review", "test", when="manual"),
+        job("after_review", "test", needs=["review"]),
+        job("deploy", "deploy"),
+    )
+    assert statuses(run) == {"review": M, "after_review": SK, "deploy": Q}
+    execute(run, "deploy")
+    assert run_status(run) == RunStatus.SUCCESS
+
+    job_play(job=current_job(run, "review"))
+    execute(run, "review")
+    execute(run, "after_review", F)
+    assert statuses(run) == {"review": S, "after_review": F, "deploy": S}
+    assert run_status(run) == RunStatus.FAILURE
+
+
+@pytest.mark.django_db
 def test_a_job_that_needs_an_optional_manual_job_is_skipped_at_run_end_and_reconsidered_when_it_is_played() -> None:
     run = create_run(
         job("build", "build"),
