@@ -637,11 +637,7 @@ def _reset_tree(fd: int, spec: dict, dir_mode: int, file_mode: int, *, top_mode:
     for entry in list(os.scandir(fd)):
         want = spec.get(entry.name)
         if isinstance(want, dict) and entry.is_dir(follow_symlinks=False):
-            child = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            try:
-                _reset_tree(child, want, dir_mode, file_mode)
-            finally:
-                os.close(child)
+            _reset_subtree(fd, entry.name, want, dir_mode, file_mode)
             kept.add(entry.name)
         elif (
             isinstance(want, bytes)
@@ -658,15 +654,20 @@ def _reset_tree(fd: int, spec: dict, dir_mode: int, file_mode: int, *, top_mode:
             continue
         if isinstance(want, dict):
             os.mkdir(name, dir_fd=fd)
-            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            try:
-                _reset_tree(child, want, dir_mode, file_mode)
-            finally:
-                os.close(child)
+            _reset_subtree(fd, name, want, dir_mode, file_mode)
         else:
             handle = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=fd)
             with open(handle, "wb") as file:
                 file.write(want)
+
+
+def _reset_subtree(fd: int, name: str, spec: dict, dir_mode: int, file_mode: int) -> None:
+    """_reset_tree on the directory `name` in the directory open at `fd` (not followed if a symlink)."""
+    child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+    try:
+        _reset_tree(child, spec, dir_mode, file_mode)
+    finally:
+        os.close(child)
 
 
 def _rewrite(fd: int, name: str, contents: bytes, mode: int) -> bool:
