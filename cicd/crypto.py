@@ -80,12 +80,22 @@ def decrypt(stored: str) -> str:
     if not is_encrypted(stored):
         return stored
     try:
-        return _fernet(_keys()).decrypt(stored[len(PREFIX) :].encode()).decode()
+        return _decrypted(stored, _keys())
     except InvalidToken:
         raise DecryptionError(
             "a stored secret cannot be decrypted with CONVEYOR_ENCRYPTION_KEY or CONVEYOR_ENCRYPTION_OLD_KEYS "
             "(was the key, or SECRET_KEY it is derived from, changed without keeping the old one?)"
         ) from None
+
+
+# The same ciphertexts are read again and again (a repository's webhook secret on every
+# delivery, its CI/CD variables on every claim), and a Fernet decryption (an HMAC check, then
+# AES) was 8% of a webhook request's CPU. A ciphertext's plaintext never changes, and the keys
+# are part of the cache's key: a ciphertext that a rotated key can no longer read is not
+# served from here. A failed decryption raises, so it is never cached.
+@lru_cache(maxsize=1024)
+def _decrypted(stored: str, keys: tuple[str, ...]) -> str:
+    return _fernet(keys).decrypt(stored[len(PREFIX) :].encode()).decode()
 
 
 def reencrypt(stored: str) -> str:

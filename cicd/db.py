@@ -22,7 +22,7 @@ from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.models import Model
 
 
-def prepared_cursor() -> CursorWrapper:
+def prepared_cursor() -> CursorWrapper | _ReusedCursor:
     """A cursor (use it in a `with`) whose statements are prepared on the connection at their
     first execution. Wrapped as `connection.cursor()` wraps its own: errors are Django's, and
     the statements are logged where Django logs queries (tests counting queries see them).
@@ -33,8 +33,56 @@ def prepared_cursor() -> CursorWrapper:
     connection = db.connection
     if connection.prepare_threshold is None and settings.DATABASE_PREPARED_STATEMENTS:
         connection.prepare_threshold = 0
-    cursor = psycopg.Cursor(connection)
-    return _LoggedPreparedCursor(cursor, db) if db.queries_logged else db.make_cursor(cursor)
+    if db.queries_logged:
+        return _LoggedPreparedCursor(psycopg.Cursor(connection), db)
+    if db.execute_wrappers:
+        return db.make_cursor(psycopg.Cursor(connection))
+    reused: _ReusedCursor | None = getattr(db, "_conveyor_prepared_cursor", None)
+    if reused is None or reused.cursor.connection is not connection or reused.cursor.closed:
+        reused = db._conveyor_prepared_cursor = _ReusedCursor(db, psycopg.Cursor(connection))
+    elif reused.in_use:  # a block inside another one's: a cursor of its own
+        return db.make_cursor(psycopg.Cursor(connection))
+    reused.in_use = True
+    return reused
+
+
+class _ReusedCursor:
+    """The connection's cursor for prepared statements, handed to one `with` block at a time.
+
+    Making a psycopg cursor and Django's wrapper around it for every statement was a fifth of
+    the claimer's CPU in the claim benchmark (bench/README.md, "claim"), the statement's own
+    execution included. Errors are still Django's, a transaction Django marked broken is still
+    refused, and a connection Django replaced gets a cursor of its own. At the end of a block
+    the cursor lets go of its result (a log's text can be megabytes)."""
+
+    __slots__ = ("db", "cursor", "in_use")
+
+    def __init__(self, db: Any, cursor: psycopg.Cursor) -> None:
+        self.db, self.cursor, self.in_use = db, cursor, False
+
+    def __enter__(self) -> _ReusedCursor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cursor._reset()  # psycopg's own reset before each execute: drops the results
+        self.in_use = False
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        self.db.validate_no_broken_transaction()
+        with self.db.wrap_database_errors:
+            self.cursor.execute(sql, params)
+
+    def fetchone(self) -> tuple | None:
+        with self.db.wrap_database_errors:
+            return self.cursor.fetchone()
+
+    def fetchall(self) -> list[tuple]:
+        with self.db.wrap_database_errors:
+            return self.cursor.fetchall()
+
+    @property
+    def rowcount(self) -> int:
+        return self.cursor.rowcount
 
 
 class _LoggedPreparedCursor(CursorDebugWrapper):

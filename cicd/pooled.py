@@ -13,6 +13,10 @@ request signals apply as usual). Everything else goes to Django's ASGI applicati
 and the artifact calls that stream a body, which would hold one of a pool's few threads for
 the whole transfer.
 
+A pooled view marked `middleware=False` (the webhooks, the runner's job calls) is served
+without Django's middleware, the host checked and SecurityMiddleware applied as below: the
+8 middlewares' calls were a tenth of a webhook request's CPU.
+
 An async view marked `@without_middleware` (the runner's long-poll) is served by Django's ASGI
 handler with no middleware: URL resolution, the view, and errors made responses, as usual.
 Each of the 8 middlewares' hooks is sync code that Django runs through sync_to_async, in a
@@ -59,11 +63,16 @@ Work = list[Callable[[], None]]
 PATHS_REMEMBERED = 4096
 
 
-def pooled(pool: str) -> Callable[[Callable], Callable]:
-    """Mark a sync view to be served in the pool named `pool` (outermost decorator)."""
+def pooled(pool: str, *, middleware: bool = True) -> Callable[[Callable], Callable]:
+    """Mark a sync view to be served in the pool named `pool` (outermost decorator).
+    `middleware=False`: served there without Django's middleware, as a @without_middleware
+    view is (the host checked, SecurityMiddleware's redirect and headers applied): for the
+    machine-to-machine calls, which have no use for sessions, users, CSRF, messages or a
+    browser's page headers."""
 
     def mark(view: Callable) -> Callable:
         view.served_in_pool = pool
+        view.pool_middleware = middleware
         return view
 
     return mark
@@ -92,7 +101,31 @@ class _HandlerWithoutMiddleware(ASGIHandler):
     async def _checked(self, request: HttpRequest) -> HttpResponseBase:
         request.get_host()  # DisallowedHost: a 400, as through CommonMiddleware
         response = self._security.process_request(request) or await self._get_response_async(request)
-        return self._security.process_response(request, response)
+        return _finished(self._security, request, response)
+
+
+def _finished(security: SecurityMiddleware, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+    """SecurityMiddleware's headers, and the Content-Length CommonMiddleware gives an answer
+    in hand (the server would send it chunked otherwise)."""
+    if not response.streaming and not response.has_header("Content-Length"):
+        response.headers["Content-Length"] = str(len(response.content))
+    return security.process_response(request, response)
+
+
+class _PoolHandlerWithoutMiddleware(BaseHandler):
+    """The sync handler of the pooled views marked `middleware=False`: what
+    _HandlerWithoutMiddleware does in the event loop, done in the pool's thread. The chain of
+    8 middlewares was a tenth of a webhook request's CPU (py-spy, sequential deliveries)."""
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        self._view_middleware, self._template_response_middleware, self._exception_middleware = [], [], []
+        self._security = SecurityMiddleware(self._get_response)
+        self._middleware_chain = convert_exception_to_response(self._checked)
+
+    def _checked(self, request: HttpRequest) -> HttpResponseBase:
+        request.get_host()  # DisallowedHost: a 400, as through CommonMiddleware
+        response = self._security.process_request(request) or self._get_response(request)
+        return _finished(self._security, request, response)
 
 
 def _run(work: Work) -> None:
@@ -125,14 +158,26 @@ class PooledViews(ASGIHandler):
             for name, threads in pools.items()
         }
         self._pools_by_path: dict[str, str] = {}
+        # The paths of the pooled views marked middleware=False.
+        self._bare_paths: set[str] = set()
         self.without_middleware = _HandlerWithoutMiddleware()
+        self.pool_without_middleware = _PoolHandlerWithoutMiddleware()
+        self.pool_without_middleware.load_middleware()
 
     def _route(self, scope: Scope) -> str | None:
         if scope.get("type") != "http":
             return None
+        return self._pool_of(self._path(scope))
+
+    @staticmethod
+    def _path(scope: Scope) -> str:
         path = str(scope.get("path", ""))
         root = str(scope.get("root_path", ""))
-        return self._pool_of(path[len(root) :] if root and path.startswith(root) else path)
+        return path[len(root) :] if root and path.startswith(root) else path
+
+    def handler_for(self, scope: Scope) -> BaseHandler:
+        """The handler that serves a pooled view's request: with the middleware or without."""
+        return self.pool_without_middleware if self._path(scope) in self._bare_paths else self
 
     def executor_for(self, scope: Scope) -> ThreadPoolExecutor | None:
         return self.executors.get(self._route(scope) or "")
@@ -148,10 +193,14 @@ class PooledViews(ASGIHandler):
             view = resolve(path).func
             pool = _NO_MIDDLEWARE if getattr(view, "served_without_middleware", False) else ""
             pool = getattr(view, "served_in_pool", pool)
+            bare = not getattr(view, "pool_middleware", True)
         except Resolver404:
-            pool = ""
+            pool, bare = "", False
         if len(self._pools_by_path) >= PATHS_REMEMBERED:  # paths with ids in them: keep it bounded
             self._pools_by_path.clear()
+            self._bare_paths.clear()
+        if bare:  # added before the pool is remembered: a remembered path's handler is known
+            self._bare_paths.add(path)
         self._pools_by_path[path] = pool
         return pool
 
@@ -169,7 +218,8 @@ class PooledViews(ASGIHandler):
         except RequestAborted:
             return
         loop = asyncio.get_running_loop()
-        response, follow_ups = await loop.run_in_executor(executor, self._respond, scope, body_file)
+        handler = self.handler_for(scope)
+        response, follow_ups = await loop.run_in_executor(executor, self._respond, scope, body_file, handler)
         try:
             await self.send_response(response, send)
         finally:
@@ -178,14 +228,14 @@ class PooledViews(ASGIHandler):
             if follow_ups:
                 executor.submit(_in_pool_thread, follow_ups)  # not waited for
 
-    def _respond(self, scope: Scope, body_file: Any) -> tuple[HttpResponseBase, Work]:
+    def _respond(self, scope: Scope, body_file: Any, handler: BaseHandler) -> tuple[HttpResponseBase, Work]:
         try:
             set_script_prefix(get_script_prefix(scope))
             signals.request_started.send(sender=self.__class__, scope=scope)
             request, response = self.create_request(scope, body_file)
             with follow_ups_collected() as follow_ups:
                 if request is not None:
-                    response = self.get_response(request)
+                    response = handler.get_response(request)
             if not response.streaming:
                 # The content is in hand: request_finished (which returns the database
                 # connection, or closes an old or broken one) runs here, in this thread.

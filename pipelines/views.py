@@ -62,21 +62,21 @@ def _receive(request: HttpRequest, provider: str) -> JsonResponse:
     return JsonResponse(answer.body, status=answer.status)
 
 
-@pooled("webhooks")
+@pooled("webhooks", middleware=False)
 @csrf_exempt
 @require_POST
 def github_webhook(request: HttpRequest) -> JsonResponse:
     return _receive(request, WebhookProvider.GITHUB)
 
 
-@pooled("webhooks")
+@pooled("webhooks", middleware=False)
 @csrf_exempt
 @require_POST
 def gitlab_webhook(request: HttpRequest) -> JsonResponse:
     return _receive(request, WebhookProvider.GITLAB)
 
 
-@pooled("webhooks")
+@pooled("webhooks", middleware=False)
 @csrf_exempt
 @require_POST
 def generic_webhook(request: HttpRequest) -> JsonResponse:

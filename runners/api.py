@@ -126,7 +126,7 @@ def runner_endpoint(view: Callable) -> Callable:
     """A job call: `view(request, runner, body, ...)` runs once the runner is authenticated
     and the body parsed."""
 
-    @pooled("runner-api")
+    @pooled("runner-api", middleware=False)
     @csrf_exempt
     @require_POST
     @wraps(view)
@@ -259,7 +259,7 @@ def step_finish(request: HttpRequest, runner: Runner, data: dict, job_id, step_i
     return JsonResponse({})
 
 
-@pooled("runner-api")
+@pooled("runner-api", middleware=False)
 @csrf_exempt
 @require_POST
 def step_log(request: HttpRequest, job_id, step_id) -> HttpResponse:

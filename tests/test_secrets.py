@@ -204,6 +204,21 @@ def test_a_value_no_configured_key_opens_is_a_clear_error(repository, settings) 
         Variable.objects.get(key="LOST")
 
 
+def test_a_ciphertext_read_again_is_decrypted_once_and_a_key_that_cannot_open_it_still_refuses_it(
+    settings, monkeypatch
+) -> None:
+    stored = crypto.encrypt("read-on-every-delivery")
+    opened = []
+    fernet = crypto._fernet
+    monkeypatch.setattr(crypto, "_fernet", lambda keys: opened.append(keys) or fernet(keys))
+
+    assert crypto.decrypt(stored) == crypto.decrypt(stored) == "read-on-every-delivery"
+    assert len(opened) == 1
+    settings.CONVEYOR_ENCRYPTION_KEY = Fernet.generate_key().decode()  # the key it was made with is gone
+    with pytest.raises(crypto.DecryptionError, match="CONVEYOR_ENCRYPTION_OLD_KEYS"):
+        crypto.decrypt(stored)
+
+
 def test_a_bad_encryption_key_setting_fails_at_start_up() -> None:
     from django.core.exceptions import ImproperlyConfigured
 

@@ -697,17 +697,40 @@ def test_the_long_poll_is_served_without_middleware_with_the_same_answers(holder
     assert served_post(served, "jobs/request", {"wait": 0}, token).status == 204
     assert served_post(served, "jobs/request", {"wait": "soon"}, token).status == 400
     assert served_post(served, "jobs/request", {"wait": 0}, "cvr_wrong").status == 401
-    # The middleware did not run (cicd.pooled): none of the page headers it adds to the other
-    # answers; SecurityMiddleware's are there, and the host is checked as everywhere.
-    heartbeat = served_post(served, f"jobs/{claimed.json()['id']}/heartbeat", {}, token)
-    assert "x-frame-options" in heartbeat.headers and "content-security-policy" in heartbeat.headers
+    # The middleware did not run (cicd.pooled): none of the page headers it adds to a page;
+    # SecurityMiddleware's are there, and the host is checked as everywhere.
     assert "x-frame-options" not in claimed.headers and "content-security-policy" not in claimed.headers
     assert claimed.headers["x-content-type-options"] == "nosniff"
+    assert claimed.headers["content-length"] == str(len(claimed.body))
     data = json.dumps({"wait": 0}).encode()
     elsewhere = scope(
         API + "jobs/request", body=data, headers={"authorization": f"Bearer {token}"}, host="evil.example"
     )
     assert asyncio.run(call(served, elsewhere, data)).status == 400
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_job_calls_are_served_in_the_pool_without_middleware_the_host_checked_and_security_headers_set(
+    holder, held_job, served
+):
+    _, token = holder
+
+    heartbeat = served_post(served, f"jobs/{held_job.id}/heartbeat", {}, token)
+
+    assert heartbeat.json() == {"continue": True}
+    assert "x-frame-options" not in heartbeat.headers and "content-security-policy" not in heartbeat.headers
+    assert heartbeat.headers["x-content-type-options"] == "nosniff"
+    data = b"{}"
+    elsewhere = scope(
+        API + f"jobs/{held_job.id}/heartbeat",
+        body=data,
+        headers={"authorization": f"Bearer {token}"},
+        host="evil.example",
+    )
+    assert asyncio.run(call(served, elsewhere, data)).status == 400
+    # A page is still served with the middleware, by the same application.
+    page = asyncio.run(call(served, scope("/login/", body=b"", headers={}, method="GET"), b""))
+    assert "x-frame-options" in page.headers and "content-security-policy" in page.headers
 
 
 @pytest.mark.django_db(transaction=True)
