@@ -104,7 +104,34 @@ def _raw_claimer(_runner_id: str, ready, go, results) -> None:
     results.put((claimed, latencies))
 
 
-def claim_throughput(*, jobs: int, concurrency: int, target) -> dict[str, object]:
+def claim_rounds(*, jobs: int, concurrency: int, first, second) -> tuple[dict[str, object], dict[str, object]]:
+    """`first` and `second` (claimer targets) each claim `jobs` jobs, in halves, in the order
+    first, second, second, first: the host's speed drifts over a run (the raw loop alone has
+    swung 25% between two halves of a minute here), and in this order a drift hits both alike.
+    Each side's figures are over both its halves; `rounds_per_s` gives each half's rate."""
+    halves = (jobs // 2, jobs - jobs // 2)
+    done: dict[int, list[dict[str, object]]] = {0: [], 1: []}
+    for side, size in ((0, halves[0]), (1, halves[0]), (1, halves[1]), (0, halves[1])):
+        target = (first, second)[side]
+        done[side].append(claim_throughput(jobs=size, concurrency=concurrency, target=target, detail=True))
+    return _combined(done[0]), _combined(done[1])
+
+
+def _combined(rounds: list[dict[str, object]]) -> dict[str, object]:
+    claimed = sum(r["claimed"] for r in rounds)
+    elapsed = sum(r.pop("_elapsed") for r in rounds)
+    latencies = [sample for r in rounds for sample in r.pop("_latencies")]
+    return {
+        "jobs": sum(r["jobs"] for r in rounds),
+        "claimed": claimed,
+        "double_claims": sum(r["double_claims"] for r in rounds),
+        "claims_per_s": round(claimed / elapsed),
+        "rounds_per_s": [r["claims_per_s"] for r in rounds],
+        **summary_ms(latencies),
+    }
+
+
+def claim_throughput(*, jobs: int, concurrency: int, target, detail: bool = False) -> dict[str, object]:
     from runners.models import Runner
 
     seed_queue(jobs)
@@ -139,6 +166,7 @@ def claim_throughput(*, jobs: int, concurrency: int, target) -> dict[str, object
         "double_claims": max(0, double),
         "claims_per_s": round(claimed / elapsed),
         **summary_ms(latencies),
+        **({"_elapsed": elapsed, "_latencies": latencies} if detail else {}),
     }
 
 

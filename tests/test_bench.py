@@ -84,3 +84,22 @@ def test_e2e_figures_come_from_the_stored_timestamps():
     assert figures["scheduling_ms_p50"] == figures["scheduling_ms_p99"] == 20.0  # test claimed 20 ms after build ended
     assert sorted([figures["dispatch_ms_p50"], figures["dispatch_ms_p99"]]) == [10.0, 15.0]
     assert figures["last_finished_at"] == ms(400)
+
+
+def _half(*, rate: int, seconds: float, double: int, latency_s: float) -> dict:
+    figures = {"jobs": 10, "claimed": 10, "double_claims": double, "claims_per_s": rate}
+    return {**figures, "_elapsed": seconds, "_latencies": [latency_s] * 10}
+
+
+def test_a_claim_sides_figures_are_over_both_its_halves_and_each_halfs_rate_is_kept():
+    halves = [
+        _half(rate=10, seconds=1.0, double=0, latency_s=0.001),
+        _half(rate=5, seconds=2.0, double=1, latency_s=0.003),
+    ]
+
+    side = claims._combined(halves)
+
+    assert side["claims_per_s"] == 7  # 20 claims in 3 s, not the mean of the two rates
+    assert side["rounds_per_s"] == [10, 5]
+    assert (side["jobs"], side["claimed"], side["double_claims"]) == (20, 20, 1)
+    assert (side["mean_ms"], side["p99_ms"]) == (2.0, 3.0)
