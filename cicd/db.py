@@ -35,12 +35,10 @@ def prepared_cursor() -> CursorWrapper | _ReusedCursor:
         connection.prepare_threshold = 0
     if db.queries_logged:
         return _LoggedPreparedCursor(psycopg.Cursor(connection), db)
-    if db.execute_wrappers:
-        return db.make_cursor(psycopg.Cursor(connection))
     reused: _ReusedCursor | None = getattr(db, "_conveyor_prepared_cursor", None)
     if reused is None or reused.cursor.connection is not connection or reused.cursor.closed:
         reused = db._conveyor_prepared_cursor = _ReusedCursor(db, psycopg.Cursor(connection))
-    elif reused.in_use:  # a block inside another one's: a cursor of its own
+    if reused.in_use or db.execute_wrappers:  # a block inside another one's, or wrappers to run
         return db.make_cursor(psycopg.Cursor(connection))
     reused.in_use = True
     return reused

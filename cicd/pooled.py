@@ -88,15 +88,21 @@ def without_middleware(view: Callable) -> Callable:
 _NO_MIDDLEWARE = "<no middleware>"
 
 
-class _HandlerWithoutMiddleware(ASGIHandler):
-    """Django's ASGI handler with no middleware chain. What of it concerns any request is done
-    in the event loop, without a hop: the host is checked against ALLOWED_HOSTS (a 400
-    otherwise), and SecurityMiddleware's redirect to HTTPS and headers apply (plain code, no I/O)."""
+class _WithoutMiddleware:
+    """A Django handler with no middleware chain: its `_checked` checks the host against
+    ALLOWED_HOSTS (a 400 otherwise) and applies SecurityMiddleware's redirect to HTTPS and
+    headers (plain code, no I/O) around the view."""
 
     def load_middleware(self, is_async: bool = False) -> None:
         self._view_middleware, self._template_response_middleware, self._exception_middleware = [], [], []
-        self._security = SecurityMiddleware(self._get_response_async)
+        # Only its process_request and process_response are called, around the view.
+        self._security = SecurityMiddleware(self._get_response)
         self._middleware_chain = convert_exception_to_response(self._checked)
+
+
+class _HandlerWithoutMiddleware(_WithoutMiddleware, ASGIHandler):
+    """Django's ASGI handler with no middleware chain: the checks done in the event loop,
+    without a hop."""
 
     async def _checked(self, request: HttpRequest) -> HttpResponseBase:
         request.get_host()  # DisallowedHost: a 400, as through CommonMiddleware
@@ -112,15 +118,10 @@ def _finished(security: SecurityMiddleware, request: HttpRequest, response: Http
     return security.process_response(request, response)
 
 
-class _PoolHandlerWithoutMiddleware(BaseHandler):
-    """The sync handler of the pooled views marked `middleware=False`: what
-    _HandlerWithoutMiddleware does in the event loop, done in the pool's thread. The chain of
-    8 middlewares was a tenth of a webhook request's CPU (py-spy, sequential deliveries)."""
-
-    def load_middleware(self, is_async: bool = False) -> None:
-        self._view_middleware, self._template_response_middleware, self._exception_middleware = [], [], []
-        self._security = SecurityMiddleware(self._get_response)
-        self._middleware_chain = convert_exception_to_response(self._checked)
+class _PoolHandlerWithoutMiddleware(_WithoutMiddleware, BaseHandler):
+    """The sync handler of the pooled views marked `middleware=False`: the same checks, in the
+    pool's thread. The chain of 8 middlewares was a tenth of a webhook request's CPU (py-spy,
+    sequential deliveries)."""
 
     def _checked(self, request: HttpRequest) -> HttpResponseBase:
         request.get_host()  # DisallowedHost: a 400, as through CommonMiddleware
@@ -157,32 +158,23 @@ class PooledViews(ASGIHandler):
             name: ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"pool-{name}")
             for name, threads in pools.items()
         }
-        self._pools_by_path: dict[str, str] = {}
-        # The paths of the pooled views marked middleware=False.
-        self._bare_paths: set[str] = set()
+        # Each path's pool ("" for none, _NO_MIDDLEWARE) and whether its middleware runs.
+        self._pools_by_path: dict[str, tuple[str, bool]] = {}
         self.without_middleware = _HandlerWithoutMiddleware()
         self.pool_without_middleware = _PoolHandlerWithoutMiddleware()
         self.pool_without_middleware.load_middleware()
 
-    def _route(self, scope: Scope) -> str | None:
+    def _route(self, scope: Scope) -> tuple[str, bool]:
         if scope.get("type") != "http":
-            return None
-        return self._pool_of(self._path(scope))
-
-    @staticmethod
-    def _path(scope: Scope) -> str:
+            return "", True
         path = str(scope.get("path", ""))
         root = str(scope.get("root_path", ""))
-        return path[len(root) :] if root and path.startswith(root) else path
-
-    def handler_for(self, scope: Scope) -> BaseHandler:
-        """The handler that serves a pooled view's request: with the middleware or without."""
-        return self.pool_without_middleware if self._path(scope) in self._bare_paths else self
+        return self._pool_of(path[len(root) :] if root and path.startswith(root) else path)
 
     def executor_for(self, scope: Scope) -> ThreadPoolExecutor | None:
-        return self.executors.get(self._route(scope) or "")
+        return self.executors.get(self._route(scope)[0])
 
-    def _pool_of(self, path: str) -> str:
+    def _pool_of(self, path: str) -> tuple[str, bool]:
         # Resolving the URL here, and again in Django's handler, was a twentieth of a webhook's
         # CPU (py-spy, under a burst); the URLs do not change while the server runs.
         try:
@@ -192,24 +184,20 @@ class PooledViews(ASGIHandler):
         try:
             view = resolve(path).func
             pool = _NO_MIDDLEWARE if getattr(view, "served_without_middleware", False) else ""
-            pool = getattr(view, "served_in_pool", pool)
-            bare = not getattr(view, "pool_middleware", True)
+            route = (getattr(view, "served_in_pool", pool), getattr(view, "pool_middleware", True))
         except Resolver404:
-            pool, bare = "", False
+            route = ("", True)
         if len(self._pools_by_path) >= PATHS_REMEMBERED:  # paths with ids in them: keep it bounded
             self._pools_by_path.clear()
-            self._bare_paths.clear()
-        if bare:  # added before the pool is remembered: a remembered path's handler is known
-            self._bare_paths.add(path)
-        self._pools_by_path[path] = pool
-        return pool
+        self._pools_by_path[path] = route
+        return route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self._route(scope)
-        if route == _NO_MIDDLEWARE:
+        pool, middleware = self._route(scope)
+        if pool == _NO_MIDDLEWARE:
             await self.without_middleware(scope, receive, send)
             return
-        executor = self.executors.get(route or "")
+        executor = self.executors.get(pool)
         if executor is None:
             await self.app(scope, receive, send)
             return
@@ -218,7 +206,7 @@ class PooledViews(ASGIHandler):
         except RequestAborted:
             return
         loop = asyncio.get_running_loop()
-        handler = self.handler_for(scope)
+        handler = self if middleware else self.pool_without_middleware
         response, follow_ups = await loop.run_in_executor(executor, self._respond, scope, body_file, handler)
         try:
             await self.send_response(response, send)

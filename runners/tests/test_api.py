@@ -840,7 +840,8 @@ def test_the_long_polls_of_a_web_process_share_one_listen_and_a_job_wakes_them(h
         run = create_run(job("one", "build", script=["a"]), job("two", "build", script=["b"]))
         serving.join(timeout=15)
         assert not serving.is_alive(), "a queued job did not wake the long-polls"
-        assert listeners_waiting() == 0
+        # The LISTEN connection is closed; its server process leaves pg_stat_activity a moment later.
+        wait_until(lambda: listeners_waiting() == 0, timeout=10, what="the LISTEN connection to be gone")
     finally:
         loop.run_until_complete(loop.run_in_executor(None, connections.close_all))
         loop.run_until_complete(loop.shutdown_default_executor())
