@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from bench.common import ensure_database, print_table, setup_django
-from bench.webhooks import ROOT, _free_port, _server_env, _wait_healthy, uvicorn_command
+from bench.webhooks import ROOT, _free_port, _server_env, _wait_healthy
 
 COLUMNS = [
     "store",
@@ -197,8 +197,17 @@ def transfer(*, size_mb: int, store: str) -> dict[str, object]:
         else:
             env["ARTIFACTS_DIR"] = str(work / "storage")
         port = _free_port()
-        # One process: the server's peak RSS is read off the process this starts.
-        command = [*uvicorn_command(port, workers=1), "--log-level", "warning"]
+        # uvicorn in one process: the server's peak RSS is read off the process this starts.
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "cicd.asgi:application",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
         server = subprocess.Popen(command, cwd=ROOT, env=env)  # noqa: S603
         _wait_healthy(port, server)
         size = size_mb * 2**20

@@ -51,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.common import percentile
-from bench.webhooks import ROOT, _flush_broker, _free_port, _server_env, _wait_healthy, uvicorn_command
+from bench.webhooks import ROOT, _flush_broker, _free_port, _server_env, _wait_healthy, web_command
 
 RUNNERS = 4
 JOBS_PER_RUN = 10
@@ -314,7 +314,7 @@ def end_to_end(*, runs: int, latency_runs: int, mode: str = "http") -> tuple[lis
         )
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
-        uvicorn = uvicorn_command(port)  # CONVEYOR_WEB_WORKERS processes, as `make run` starts it
+        uvicorn = web_command(port)  # CONVEYOR_WEB_WORKERS processes, as `make run` starts it
         server = processes.start("server", [*uvicorn, "--log-level", "warning"], env)
         _wait_healthy(port, server)
         celery = [sys.executable, "-m", "celery", "-A", "cicd", "worker", "-Q", "default", "--concurrency", "2"]

@@ -1,7 +1,7 @@
 """Webhook endpoint latency: bursts of concurrent signed deliveries against a real uvicorn server.
 
 The endpoint only verifies, stores and queues (the run is created by a Celery task later);
-this measures what a forge waits for. The server runs as `make run` runs it (uvicorn with
+this measures what a forge waits for. The server runs as `make run` runs it (cicd.web: uvicorn in
 CONVEYOR_WEB_WORKERS processes) on the benchmark database, and its tasks go to a Redis
 database of their own, emptied afterwards (no worker consumes them). One burst before the
 clock warms the server up (imports, database connections, the broker connection), as a
@@ -83,19 +83,9 @@ def web_workers() -> int:
     return settings.CONVEYOR_WEB_WORKERS
 
 
-def uvicorn_command(port: int, *, workers: int | None = None) -> list[str]:
-    """The web server as `manage.py up` starts it: uvicorn with CONVEYOR_WEB_WORKERS processes
-    (or `workers`: 1 runs the application in uvicorn's own process)."""
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "cicd.asgi:application",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers or web_workers()),
-    ]
+def web_command(port: int) -> list[str]:
+    """The web server as `manage.py up` starts it: cicd.web, uvicorn in CONVEYOR_WEB_WORKERS processes."""
+    return [sys.executable, "-m", "cicd.web", "--port", str(port), "--workers", str(web_workers())]
 
 
 def _signed(secret: str, repository: str) -> tuple[bytes, dict[str, str]]:
@@ -117,7 +107,7 @@ def webhook_latency(*, concurrency: int, rounds: int) -> dict[str, object]:
     Pipeline.objects.get_or_create(repository=repository, name="default")
     WebhookDelivery.objects.filter(repository=repository).delete()
     port = _free_port()
-    command = [*uvicorn_command(port), "--log-level", "warning"]
+    command = [*web_command(port), "--log-level", "warning"]
     server = subprocess.Popen(command, cwd=ROOT, env=_server_env())  # noqa: S603 (our own interpreter)
     try:
         _wait_healthy(port, server)

@@ -9,7 +9,6 @@ the job is still RUNNING.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -208,11 +207,15 @@ def _lease() -> timedelta:
 # of query compilation here; the function's statements are planned once per connection, in
 # the one plan that keeps a claim's cost flat however long the queue or the tables (bench/),
 # and the call itself is a prepared statement (cicd.db).
-_CLAIM_SQL = "SELECT * FROM conveyor_claim_job(%s::varchar[], %s::uuid, %s, %s, %s)"
-
-
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str | bytes) else value
+# Its row comes back as ONE json array, in the function's column order: one json.loads instead
+# of psycopg loading 19 columns one by one took a claimer alone from 360-415 to 310-330 us of
+# CPU per claim (with 8 claimers on 2 cores the difference was lost in the noise).
+_CLAIM_SQL = """
+SELECT json_build_array(
+    id, name, stage, attempt, timeout_s, spec, run_id, run_number, commit_sha, commit_message, branch, is_tag,
+    run_trigger, run_variables, repository_name, clone_url, default_branch, steps, has_variables
+) FROM conveyor_claim_job(%s::varchar[], %s::uuid, %s, %s, %s)
+"""
 
 
 def job_claim(*, runner: Runner) -> ClaimedJob | None:
@@ -228,14 +231,14 @@ def job_claim(*, runner: Runner) -> ClaimedJob | None:
         row = cursor.fetchone()
     if row is None:
         return None
-    (job_id, name, stage, attempt, timeout_s, spec, run_id, number, sha, message, branch, is_tag, trigger) = row[:13]
-    run_variables, repository_name, clone_url, default_branch, steps, has_variables = row[13:]
+    (job_id, name, stage, attempt, timeout_s, spec, run_id, number, sha, message, branch, is_tag, trigger) = row[0][:13]
+    run_variables, repository_name, clone_url, default_branch, steps, has_variables = row[0][13:]
     facts = JobFacts(
         job_id=job_id,
         job_name=name,
         stage=stage,
         attempt=attempt,
-        spec=_json(spec) or {},
+        spec=spec or {},
         run_id=run_id,
         run_number=number,
         trigger=trigger,
@@ -243,7 +246,7 @@ def job_claim(*, runner: Runner) -> ClaimedJob | None:
         commit_message=message,
         branch=branch,
         is_tag=is_tag,
-        run_variables=_json(run_variables) or {},
+        run_variables=run_variables or {},
         repository_name=repository_name,
         default_branch=default_branch,
         clone_url=clone_url,
@@ -253,7 +256,7 @@ def job_claim(*, runner: Runner) -> ClaimedJob | None:
         return _claimed_job(
             job=facts,
             timeout_s=timeout_s,
-            steps=_json(steps),
+            steps=steps,
             lease_expires_at=lease_expires_at,
             job_token=job_token,
             runner=runner,

@@ -30,19 +30,7 @@ def test_web_worker_and_beat_are_started_with_the_database_scheduler(monkeypatch
     processes = up.build_processes(host=ANY_ADDRESS, port=9000, concurrency=2, celery_loglevel="info", web_workers=3)
     specs = {spec.name: spec.argv for spec in processes}
     assert list(specs) == ["web", "worker", "beat"]
-    assert specs["web"][1:] == [
-        "-m",
-        "uvicorn",
-        "cicd.asgi:application",
-        "--host",
-        ANY_ADDRESS,
-        "--port",
-        "9000",
-        "--lifespan",
-        "off",
-        "--workers",
-        "3",
-    ]
+    assert specs["web"][1:] == ["-m", "cicd.web", "--host", ANY_ADDRESS, "--port", "9000", "--workers", "3"]
     worker = specs["worker"]
     assert worker[worker.index("--concurrency") + 1] == "2"
     assert "default" in worker[worker.index("-Q") + 1].split(",")
@@ -219,7 +207,7 @@ def test_up_starts_everything_and_stops_cleanly_twice_on_the_same_state(var_dir:
         assert first.wait_healthy() == {"database": "ok", "redis": "ok"}
         children = first.descendants()
         names = " ".join(_command_line(child) for child in children)
-        assert "uvicorn" in names
+        assert "cicd.web" in names
         assert "worker" in names
         assert "beat" in names
         assert first.stop(signal.SIGINT) < 20

@@ -99,21 +99,9 @@ def build_processes(
     specs = [
         ProcessSpec(
             "web",
-            [
-                python,
-                "-m",
-                "uvicorn",
-                "cicd.asgi:application",
-                "--host",
-                host,
-                "--port",
-                str(port),
-                "--lifespan",
-                "off",
-                # Several processes: one Python process runs on one core at a time.
-                "--workers",
-                str(web_workers),
-            ],
+            # uvicorn in several processes (one Python process runs on one core at a time),
+            # each with a listening socket of its own: cicd.web says why.
+            [python, "-m", "cicd.web", "--host", host, "--port", str(port), "--workers", str(web_workers)],
         ),
         ProcessSpec(
             "worker",
