@@ -144,7 +144,7 @@ def run_webhook(args, results: dict) -> None:
     from bench import webhooks
 
     workers = webhooks.web_workers()
-    server = f"uvicorn, {workers} worker process{'es' if workers > 1 else ''}"
+    server = f"cicd.web, {workers} uvicorn process{'es' if workers > 1 else ''}"
     print(f"\nwebhook endpoint ({server}), bursts of {args.webhook_concurrency} signed deliveries\n")
     hooks = webhooks.webhook_latency(concurrency=args.webhook_concurrency, rounds=args.webhook_rounds)
     print_table([hooks], ["deliveries", "concurrency", "statuses", "stored", "per_s", "p50_ms", "p99_ms", "mean_ms"])

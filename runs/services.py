@@ -764,7 +764,10 @@ def _who(user: AbstractBaseUser | None) -> str:
 @transaction.atomic
 def job_play(*, job: Job, user: AbstractBaseUser | None = None) -> Job:
     """Start a manual job (MANUAL -> QUEUED). Jobs that were skipped because it had not run
-    are decided again; a finished run is reopened (RUNNING) until the job is done."""
+    are decided again; a finished run is reopened (RUNNING) until the job is done. Jobs
+    decided already (queued, scheduled, running or done: a later stage that went on without
+    an optional manual job) stay as they are, as in GitLab: neither the job nor the jobs
+    decided again hold them back or stop them."""
     run = _lock_run(job.run_id)
     now = timezone.now()
     who = _who(user)

@@ -313,6 +313,29 @@ def test_a_later_stage_that_ran_while_a_needs_job_was_skipped_stays_as_it_ran_wh
 
 
 @pytest.mark.django_db
+def test_a_later_stage_queued_while_a_needs_job_was_skipped_stays_queued_when_that_job_is_played() -> None:
+    """Found by test_engine_properties: a decided job stays decided, as in GitLab. The next
+    stage was queued once the manual need's dependent was skipped; playing the manual job
+    decides that dependent again, and the queued stage neither waits for it nor is stopped by
+    its failure."""
+    run = create_run(
+        job("review", "test", when="manual"),
+        job("after_review", "test", needs=["review"]),
+        job("deploy", "deploy"),
+    )
+    assert statuses(run) == {"review": M, "after_review": SK, "deploy": Q}
+
+    job_play(job=current_job(run, "review"))
+    assert statuses(run) == {"review": Q, "after_review": P, "deploy": Q}
+    execute(run, "review")
+    execute(run, "after_review", F)
+    assert statuses(run) == {"review": S, "after_review": F, "deploy": Q}
+    execute(run, "deploy")
+    assert statuses(run) == {"review": S, "after_review": F, "deploy": S}
+    assert run_status(run) == RunStatus.FAILURE
+
+
+@pytest.mark.django_db
 def test_a_job_that_needs_an_optional_manual_job_is_skipped_at_run_end_and_reconsidered_when_it_is_played() -> None:
     run = create_run(
         job("build", "build"),
