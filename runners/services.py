@@ -198,24 +198,19 @@ def _lease() -> timedelta:
 
 
 # The claim, as ONE call (one round trip, no transaction held open by Python) of the
-# PL/pgSQL function conveyor_claim_job (runners/migrations/0004_claim_function.py, then
-# 0005_claim_function_index_joins.py): lock the first QUEUED job in queue_key order whose
-# tags the runner has, skipping rows other claimers hold (what
-# select_for_update(skip_locked=True) issues, served by the partial index job_queue_idx),
-# mark it RUNNING with a lease and the hash of a fresh job token, and return what the
-# runner needs with the job's steps. Hot path: the Django ORM costs 5 round trips and ~1 ms
-# of query compilation here; the function's statements are planned once per connection, in
-# the one plan that keeps a claim's cost flat however long the queue or the tables (bench/),
-# and the call itself is a prepared statement (cicd.db).
-# Its row comes back as ONE json array, in the function's column order: one json.loads instead
-# of psycopg loading 19 columns one by one took a claimer alone from 360-415 to 310-330 us of
-# CPU per claim (with 8 claimers on 2 cores the difference was lost in the noise).
-_CLAIM_SQL = """
-SELECT json_build_array(
-    id, name, stage, attempt, timeout_s, spec, run_id, run_number, commit_sha, commit_message, branch, is_tag,
-    run_trigger, run_variables, repository_name, clone_url, default_branch, steps, has_variables
-) FROM conveyor_claim_job(%s::varchar[], %s::uuid, %s, %s, %s)
-"""
+# PL/pgSQL function conveyor_claim_job (runners/migrations/0004_claim_function.py, then 0005
+# and 0006): lock the first QUEUED job in queue_key order whose tags the runner has, skipping
+# rows other claimers hold (what select_for_update(skip_locked=True) issues, served by the
+# partial index job_queue_idx), mark it RUNNING with a lease and the hash of a fresh job token,
+# and return what the runner needs with the job's steps. Hot path: the Django ORM costs 5
+# round trips and ~1 ms of query compilation here; the function's statements are planned once
+# per connection, in the one plan that keeps a claim's cost flat however long the queue or the
+# tables (bench/), and the call itself is a prepared statement (cicd.db).
+# Its row comes back as ONE json value: one json.loads instead of psycopg loading 19 columns
+# one by one (a claimer alone went from 360-415 to 310-330 us of CPU per claim), and since 0006
+# no set of columns for PostgreSQL to build the array from. The array starts with JobFacts'
+# fields, in their order: JobFacts(*row[:16]).
+_CLAIM_SQL = "SELECT conveyor_claim_job(%s::varchar[], %s::uuid, %s, %s, %s)"
 
 
 def job_claim(*, runner: Runner) -> ClaimedJob | None:
@@ -228,29 +223,11 @@ def job_claim(*, runner: Runner) -> ClaimedJob | None:
     lease_expires_at = now + _lease()
     with prepared_cursor() as cursor:
         cursor.execute(_CLAIM_SQL, [list(runner.tags), runner.pk, now, lease_expires_at, token_hash(job_token)])
-        row = cursor.fetchone()
+        (row,) = cursor.fetchone()
     if row is None:
         return None
-    (job_id, name, stage, attempt, timeout_s, spec, run_id, number, sha, message, branch, is_tag, trigger) = row[0][:13]
-    run_variables, repository_name, clone_url, default_branch, steps, has_variables = row[0][13:]
-    facts = JobFacts(
-        job_id=job_id,
-        job_name=name,
-        stage=stage,
-        attempt=attempt,
-        spec=spec or {},
-        run_id=run_id,
-        run_number=number,
-        trigger=trigger,
-        commit_sha=sha,
-        commit_message=message,
-        branch=branch,
-        is_tag=is_tag,
-        run_variables=run_variables or {},
-        repository_name=repository_name,
-        default_branch=default_branch,
-        clone_url=clone_url,
-    )
+    facts = JobFacts(*row[:16])
+    timeout_s, steps, has_variables = row[16:]
     runner_touch(runner=runner, now=now)
     try:
         return _claimed_job(
@@ -267,8 +244,8 @@ def job_claim(*, runner: Runner) -> ClaimedJob | None:
         # same way): it fails, saying why, and the runner goes on with the next job.
         from runs.services import job_finish
 
-        logger.error("job %s: its repository's CI/CD variables cannot be decrypted", job_id)
-        job_finish(job_id=job_id, status=JobStatus.FAILURE, reason=_UNDECRYPTABLE, runner=runner)
+        logger.error("job %s: its repository's CI/CD variables cannot be decrypted", facts.job_id)
+        job_finish(job_id=facts.job_id, status=JobStatus.FAILURE, reason=_UNDECRYPTABLE, runner=runner)
         return None
 
 

@@ -11,7 +11,8 @@ from django.db import DatabaseError, connection, transaction
 
 from runners.models import Runner
 from runners.services import JobNotHeld, job_claim, job_heartbeat
-from runs.models import Job, JobStatus
+from runners.variables import JobFacts, job_variables
+from runs.models import Job, JobStatus, PipelineRun
 
 
 def test_a_claim_takes_the_oldest_queued_job_and_marks_it_running(make_queued_jobs, runner):
@@ -131,6 +132,26 @@ def test_the_claim_reads_every_row_through_an_index_however_small_the_tables(mak
         assert f"Seq Scan on {table}" not in plans
     assert "Hash Join" not in plans
     assert "Merge Join" not in plans
+
+
+def test_a_claims_facts_are_the_jobs_run_and_repository_as_the_orm_reads_them(make_queued_jobs, runner):
+    # The claim reads its row by position (JobFacts(*row[:16])): a field out of place shows here.
+    (job,) = make_queued_jobs(1, steps=2)
+    Job.objects.filter(pk=job.pk).update(
+        spec={"environment": {"name": "staging", "url": "https://staging.example"}, "variables": {"MODE": "fast"}},
+        attempt=2,
+        timeout_s=900,
+    )
+    PipelineRun.objects.filter(pk=job.run_id).update(
+        commit_sha="a" * 40, commit_message="Fix the build", branch="v1.2", is_tag=True, variables={"EXTRA": "1"}
+    )
+
+    claimed = job_claim(runner=runner)
+
+    expected = job_variables(job=JobFacts.of(Job.objects.get(pk=job.pk)), runner=runner, job_token=claimed.job_token)
+    assert claimed.variables == expected
+    assert (claimed.attempt, claimed.timeout_s, claimed.ref, claimed.commit_sha) == (2, 900, "v1.2", "a" * 40)
+    assert [step.name for step in claimed.steps] == ["step 0", "step 1"]
 
 
 def test_a_heartbeat_extends_the_lease_only_for_the_holder(make_queued_jobs, runner):
