@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -209,8 +209,9 @@ def _lease() -> timedelta:
 # Its row comes back as ONE json value: one json.loads instead of psycopg loading 19 columns
 # one by one (a claimer alone went from 360-415 to 310-330 us of CPU per claim), and since 0006
 # no set of columns for PostgreSQL to build the array from. The array starts with JobFacts'
-# fields, in their order: JobFacts(*row[:16]).
+# fields, in their order, then the job's timeout, its steps and whether it has variables.
 _CLAIM_SQL = "SELECT conveyor_claim_job(%s::varchar[], %s::uuid, %s, %s, %s)"
+_FACTS_IN_CLAIM_ROW = len(fields(JobFacts))
 
 
 def job_claim(*, runner: Runner) -> ClaimedJob | None:
@@ -226,8 +227,8 @@ def job_claim(*, runner: Runner) -> ClaimedJob | None:
         (row,) = cursor.fetchone()
     if row is None:
         return None
-    facts = JobFacts(*row[:16])
-    timeout_s, steps, has_variables = row[16:]
+    facts = JobFacts(*row[:_FACTS_IN_CLAIM_ROW])
+    timeout_s, steps, has_variables = row[_FACTS_IN_CLAIM_ROW:]
     runner_touch(runner=runner, now=now)
     try:
         return _claimed_job(

@@ -135,7 +135,7 @@ def test_the_claim_reads_every_row_through_an_index_however_small_the_tables(mak
 
 
 def test_a_claims_facts_are_the_jobs_run_and_repository_as_the_orm_reads_them(make_queued_jobs, runner):
-    # The claim reads its row by position (JobFacts(*row[:16])): a field out of place shows here.
+    # The claim reads its row by position (JobFacts first, field by field): a field out of place shows here.
     (job,) = make_queued_jobs(1, steps=2)
     Job.objects.filter(pk=job.pk).update(
         spec={"environment": {"name": "staging", "url": "https://staging.example"}, "variables": {"MODE": "fast"}},
