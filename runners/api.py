@@ -17,7 +17,7 @@ import dataclasses
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from functools import wraps
 from typing import Any
 
@@ -173,26 +173,30 @@ def register(request: HttpRequest) -> JsonResponse:
 
 
 @sync_to_async(thread_sensitive=False)
-def _authenticate_and_claim(token: str) -> dict[str, Any] | None:
+def _authenticate_and_claim(token: str) -> tuple[dict[str, Any] | None, Hashable]:
     """The claim answer: the job, and the artifact lists the runner would ask for next
-    (artifacts.views: dependencies, images), which saves it two requests per job."""
+    (artifacts.views: dependencies, images), which saves it two requests per job. With it, the
+    kind of runner that claimed (runners.wakeups): runners of one kind find the same jobs."""
     from django.db import close_old_connections
 
     from artifacts.views import claim_artifact_lists
 
     close_old_connections()
-    claimed = services.job_claim(runner=services.runner_authenticate(token=token))
+    runner = services.runner_authenticate(token=token)
+    kind = (frozenset(runner.tags), runner.is_paused)
+    claimed = services.job_claim(runner=runner)
     if claimed is None:
-        return None
+        return None, kind
     lists = claim_artifact_lists(job_id=claimed.id, run_id=claimed.run_id)
-    return {**dataclasses.asdict(claimed), "artifact_lists": lists}
+    return {**dataclasses.asdict(claimed), "artifact_lists": lists}, kind
 
 
 @without_middleware  # served by cicd.pooled with no middleware: see there
 @csrf_exempt
 async def request_job(request: HttpRequest) -> HttpResponse:
-    """Claim a job; with {"wait": N} long-poll up to N seconds, woken by LISTEN/NOTIFY. The
-    answer is the job (runners.services.ClaimedJob) and its "artifact_lists"."""
+    """Claim a job; with {"wait": N} long-poll up to N seconds, woken by LISTEN/NOTIFY
+    (runners.wakeups says which long-polls a notification wakes). The answer is the job
+    (runners.services.ClaimedJob) and its "artifact_lists"."""
     if request.method != "POST":
         return _error(405, "POST only")
     try:
@@ -205,13 +209,15 @@ async def request_job(request: HttpRequest) -> HttpResponse:
     deadline = loop.time() + max(0.0, min(wait, MAX_LONG_POLL_S))
     wakeups = queue_wakeups()
     async with contextlib.AsyncExitStack() as listening:
+        waiter = listening.enter_context(wakeups.waiter())
         listens = False
         while True:
-            wakeup = wakeups.next_wakeup()  # before the claim: a NOTIFY during it is not missed
+            waiter.arm()  # before the claim: a NOTIFY during it is not missed
             try:
-                answer = await _authenticate_and_claim(token)
+                answer, kind = await _authenticate_and_claim(token)
             except RunnerAuthError as exc:
                 return _error(401, str(exc))
+            wakeups.claimed(waiter, kind=kind, found=answer is not None)
             if answer is not None:
                 return JsonResponse(answer)
             remaining = deadline - loop.time()
@@ -230,7 +236,7 @@ async def request_job(request: HttpRequest) -> HttpResponse:
                 # the next NOTIFY or the end of the long-poll (up to MAX_LONG_POLL_S).
                 continue
             try:
-                await asyncio.wait_for(wakeup.wait(), remaining)
+                await asyncio.wait_for(waiter.woken.wait(), remaining)
             except TimeoutError:
                 return HttpResponse(status=204)  # no body: h11 aborts a 204 with one
 

@@ -219,6 +219,18 @@ def job_claim(*, runner: Runner) -> ClaimedJob | None:
     claimers; nothing is held while the job runs (see _CLAIM_SQL)."""
     if runner.is_paused or runner.revoked_at is not None:
         return None
+    while True:
+        claimed = _job_claim_one(runner=runner)
+        if claimed is not _FAILED_AT_CLAIM:
+            return claimed
+
+
+# A job the claim took and failed at once: the runner goes on with the next. None would tell
+# a long-poll that the queue holds nothing for its kind of runner (runners.wakeups).
+_FAILED_AT_CLAIM: Any = object()
+
+
+def _job_claim_one(*, runner: Runner) -> ClaimedJob | None:
     now = timezone.now()
     job_token = token_generate(JOB_TOKEN_PREFIX)
     lease_expires_at = now + _lease()
@@ -247,7 +259,7 @@ def job_claim(*, runner: Runner) -> ClaimedJob | None:
 
         logger.error("job %s: its repository's CI/CD variables cannot be decrypted", facts.job_id)
         job_finish(job_id=facts.job_id, status=JobStatus.FAILURE, reason=_UNDECRYPTABLE, runner=runner)
-        return None
+        return _FAILED_AT_CLAIM
 
 
 def _project_variables(job: JobFacts):

@@ -1,14 +1,26 @@
-"""One LISTEN for all the long-poll claims waiting in a web process.
+"""One LISTEN for all the long-poll claims waiting in a web process, and who of them wakes.
 
 A long-poll (runners.api.request_job) that found no job waits for the job queue's NOTIFY
 (runners.backends.QUEUE_CHANNEL). Each used to open a PostgreSQL connection of its own for
 its LISTEN: a connection per idle runner, and a new backend process (about 2 ms of the
 server's CPU) every time a runner went idle, that is once per job. Here the long-polls of an
 event loop (a web process) share one LISTEN connection, opened when the first starts to wait
-and closed when the last stops; a notification wakes all of them, and each claims again.
+and closed when the last stops.
 
-Waiting is race-free: a long-poll takes `next_wakeup()` *before* it claims, and waits on it
-after the claim found nothing, so a notification that arrives in between is not missed.
+A notification does not wake them all: with a thousand idle runners, a thousand claims would
+run for each job queued, all but one finding nothing. It says how many jobs were queued
+(runs.services), and the waiting long-polls are grouped by what their runner can claim (its
+tags, whether it is paused: `Waiter.kind`); of each kind, as many wake as jobs were queued,
+the longest waiting first. A waiter whose claim finds a job wakes the next of its kind, unless
+another of its kind is about to claim or claiming: the queue may hold more than it was told
+(PostgreSQL folds identical notifications of one transaction into one). One whose claim finds
+nothing ends its kind's chain, since none of its kind would find one. A woken waiter that
+leaves before it claims (its wait over, its client gone) hands its wakeup to another of its
+kind. So a NOTIFY of n jobs costs about n claims per kind of runner waiting, not one per
+runner waiting.
+
+Waiting is race-free: a long-poll arms its waiter *before* it claims and waits on it after
+the claim found nothing, so a notification that arrives in between is not missed.
 """
 
 from __future__ import annotations
@@ -17,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable, Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +45,23 @@ async def connect_listener():
     return conn
 
 
+class Waiter:
+    """One long-poll's place among those a notification may wake."""
+
+    __slots__ = ("kind", "woken", "claiming")
+
+    def __init__(self) -> None:
+        # What its runner can claim, as the last claim said (runners.api); None before the first.
+        self.kind: Hashable = None
+        self.woken = asyncio.Event()
+        self.claiming = True  # it claims first, then waits
+
+    def arm(self) -> None:
+        """Before each claim: from here on, a wakeup is for a claim still to come."""
+        self.woken.clear()
+        self.claiming = True
+
+
 class QueueWakeups:
     """The job queue's notifications, for the long-polls of one event loop."""
 
@@ -40,11 +69,45 @@ class QueueWakeups:
         self._waiting = 0
         self._listener: asyncio.Task | None = None
         self._listening = asyncio.Event()  # set once LISTEN is in place
-        self._wakeup = asyncio.Event()  # set (and replaced) at each notification
+        self._waiters: list[Waiter] = []  # in the order they came: the longest waiting wakes first
 
-    def next_wakeup(self) -> asyncio.Event:
-        """The event the next notification sets (take it before claiming, wait on it after)."""
-        return self._wakeup
+    @contextlib.contextmanager
+    def waiter(self) -> Iterator[Waiter]:
+        """A long-poll's waiter, from before its first claim to its answer."""
+        waiter = Waiter()
+        self._waiters.append(waiter)
+        try:
+            yield waiter
+        finally:
+            self._waiters.remove(waiter)
+            if waiter.woken.is_set():  # a wakeup it will not act on: it goes to another of its kind
+                self._wake(self._of_kind(waiter.kind), 1)
+
+    def claimed(self, waiter: Waiter, *, kind: Hashable, found: bool) -> None:
+        """A waiter's claim is over. It found a job: the queue may hold more, and unless another
+        of its kind is about to claim or claiming, the next of its kind tries. It found none: none
+        of its kind would, and its kind's chain of wakeups ends."""
+        waiter.kind, waiter.claiming = kind, False
+        if found:
+            others = self._of_kind(kind, besides=waiter)
+            if not any(w.woken.is_set() or w.claiming for w in others):
+                self._wake(others, 1)
+
+    def _of_kind(self, kind: Hashable, besides: Waiter | None = None) -> list[Waiter]:
+        return [w for w in self._waiters if w.kind == kind and w is not besides]
+
+    @staticmethod
+    def _wake(waiters: list[Waiter], count: int) -> None:
+        """Wake `count` more of these: those waiting first (they claim at once), in the order they
+        came, then those claiming (they claim again after)."""
+        asleep = [w for w in waiters if not w.woken.is_set()]
+        for waiter in sorted(asleep, key=lambda w: w.claiming)[:count]:
+            waiter.woken.set()
+
+    def _wake_each_kind(self, jobs: int) -> None:
+        """A notification that `jobs` jobs were queued: as many more waiters of each kind claim."""
+        for kind in {w.kind for w in self._waiters}:
+            self._wake(self._of_kind(kind), jobs)
 
     @contextlib.asynccontextmanager
     async def listening(self, timeout: float) -> AsyncIterator[None]:
@@ -82,8 +145,8 @@ class QueueWakeups:
         conn = await connect_listener()
         try:
             self._listening.set()
-            async for _ in conn.notifies():
-                self._wake_all()
+            async for notification in conn.notifies():
+                self._wake_each_kind(jobs_queued(notification.payload))
         except Exception:
             logger.warning("the long-polls' LISTEN connection failed", exc_info=True)
             raise
@@ -97,8 +160,14 @@ class QueueWakeups:
             await conn.close()
 
     def _wake_all(self) -> None:
-        wakeup, self._wakeup = self._wakeup, asyncio.Event()
-        wakeup.set()
+        for waiter in self._waiters:
+            waiter.woken.set()
+
+
+def jobs_queued(payload: str) -> int:
+    """How many jobs a notification says were queued (runs.services sends the number): one if
+    it does not say (a server of an earlier version)."""
+    return max(1, int(payload)) if payload.isdigit() else 1
 
 
 _of_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, QueueWakeups] = weakref.WeakKeyDictionary()

@@ -355,12 +355,14 @@ def _on_commit_run_changed(run_id: Any, *, jobs_only: bool = False) -> None:
     follow_up_after_commit(partial(_after_commit_run_changed, run_id, jobs_only=jobs_only))
 
 
-def _notify_queue() -> None:
+def _notify_queue(jobs: int) -> None:
     # Executed inside the transaction on purpose: PostgreSQL delivers NOTIFY at commit, and
-    # drops it on rollback, which is exactly when runners should (not) wake up. Identical
-    # notifications in one transaction are folded into one.
+    # drops it on rollback, which is exactly when runners should (not) wake up. The payload is
+    # the number of jobs queued: the web processes wake as many waiting long-polls of each kind
+    # of runner (runners.wakeups). Identical notifications in one transaction are folded into
+    # one; the long-polls make up for it.
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_notify(%s, '')", [JOBS_CHANNEL])
+        cursor.execute("SELECT pg_notify(%s, %s)", [JOBS_CHANNEL, str(jobs)])
 
 
 def _lock_run(run_id: Any, *, skip_locked: bool = False) -> PipelineRun | None:
@@ -546,8 +548,9 @@ def _promote_locked(run: PipelineRun, *, now: datetime, changed: bool = False, r
             job.scheduled_at = transition.scheduled_at
         result.jobs.append(job)
     _assign_queue_keys(jobs.values(), now=now)
-    if any(t.new == JobStatus.QUEUED for t in result.transitions):
-        _notify_queue()
+    queued = sum(t.new == JobStatus.QUEUED for t in result.transitions)
+    if queued:
+        _notify_queue(queued)
     result.run_changed = _run_sync_status(run, nodes.values(), now=now)
     if run_changed or result.run_changed:
         _on_commit_run_changed(run.pk)
@@ -646,7 +649,7 @@ def _job_new_attempt(old: Job, *, now: datetime) -> Job:
         for depends_on_id, artifacts in JobDependency.objects.filter(job=old).values_list("depends_on_id", "artifacts")
     )
     JobDependency.objects.filter(depends_on=old).update(depends_on=new)
-    _notify_queue()
+    _notify_queue(1)
     return new
 
 
@@ -781,7 +784,7 @@ def job_play(*, job: Job, user: AbstractBaseUser | None = None) -> Job:
     # PENDING for good (test_engine_properties found it).
     reopened = run.status in RunStatus.TERMINAL
     _run_reopen(run, now=now)
-    _notify_queue()
+    _notify_queue(1)
     _reset_skipped_descendants(run, roots=[job.pk])
     _promote_locked(run, now=now, changed=True, run_changed=reopened)
     job.refresh_from_db()

@@ -509,14 +509,16 @@ def test_a_job_whose_variables_cannot_be_decrypted_fails_saying_why_and_the_clai
     from runs.models import Job, JobStatus
 
     variable_create(repository=repository, key="UNREADABLE", value="encrypted-with-another-key")
-    make_run(repository)
+    unreadable = make_run(repository)
+    readable = make_run(make_repository())  # queued behind it, in a repository without variables
     settings.CONVEYOR_ENCRYPTION_KEY = Fernet.generate_key().decode()  # a runner with another key
 
-    assert job_claim(runner=Runner.objects.create(name="wrong-key", tags=[])) is None
+    claimed = job_claim(runner=Runner.objects.create(name="wrong-key", tags=[]))
 
-    job = Job.objects.get()
-    assert job.status == JobStatus.FAILURE
-    assert "CONVEYOR_ENCRYPTION_KEY" in job.status_reason
+    failed = Job.objects.get(run=unreadable)
+    assert failed.status == JobStatus.FAILURE
+    assert "CONVEYOR_ENCRYPTION_KEY" in failed.status_reason
+    assert claimed is not None and claimed.id == str(Job.objects.get(run=readable).pk)
 
 
 # --- The REST API of variables (maintainers only; values write-only).

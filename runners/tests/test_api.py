@@ -851,6 +851,106 @@ def test_the_long_polls_of_a_web_process_share_one_listen_and_a_job_wakes_them(h
     assert {answer.json()["id"] for answer in answers} == {str(current_job(run, n).pk) for n in ("one", "two")}
 
 
+def long_polls_of_one_process(tokens: list[str], *, wait: float, while_they_wait) -> list:
+    """Long-polls of these runners served by one event loop (one web process: one LISTEN, one
+    set of waiters), with `while_they_wait()` called once every one of them is waiting on the
+    LISTEN. Their answers, in the order of `tokens`."""
+    from runners.wakeups import _of_loop
+
+    answers: list = []
+    loop = asyncio.new_event_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=1))  # one connection, closed at the end
+
+    async def long_polls():
+        polls = [
+            AsyncClient().post(
+                API + "jobs/request",
+                data={"wait": wait},
+                content_type="application/json",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            for token in tokens
+        ]
+        answers.extend(await asyncio.gather(*polls))
+
+    def all_idle() -> bool:
+        wakeups = _of_loop.get(loop)
+        return wakeups is not None and len(wakeups._waiters) == len(tokens) and wakeups._listening.is_set()
+
+    serving = threading.Thread(target=lambda: loop.run_until_complete(long_polls()), daemon=True)
+    serving.start()
+    try:
+        wait_until(all_idle, timeout=10, what="the long-polls to wait on the LISTEN")
+        while_they_wait()
+        serving.join(timeout=wait + 15)
+        assert not serving.is_alive(), "the long-polls did not answer"
+    finally:
+        loop.run_until_complete(loop.run_in_executor(None, connections.close_all))
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+    return answers
+
+
+@pytest.fixture
+def claims(monkeypatch) -> list[str]:
+    """The claims the API makes from here on (runners.services.job_claim, called through), each
+    as its runner's name."""
+    from runners import services
+
+    made: list[str] = []
+    claim = services.job_claim
+
+    def counted(*, runner):
+        made.append(runner.name)
+        return claim(runner=runner)
+
+    monkeypatch.setattr(services, "job_claim", counted)
+    return made
+
+
+@pytest.mark.django_db(transaction=True)
+def test_jobs_queued_for_eight_idle_long_polls_wake_as_many_as_there_are_jobs_and_one_more(claims):
+    tokens = [register_runner(f"idle-{i}")[1] for i in range(8)]
+    claims_while_idle: list[int] = []
+    runs = []
+
+    def queue_three_jobs():
+        # Each long-poll claimed twice before it waited: at once, and again once LISTEN was in place.
+        claims_while_idle.append(len(claims))
+        runs.append(create_run(*(job(name, "build", script=["true"]) for name in ("a", "b", "c"))))
+
+    answers = long_polls_of_one_process(tokens, wait=4, while_they_wait=queue_three_jobs)
+
+    assert claims_while_idle == [16]
+    # One NOTIFY: the longest waiting wakes and claims a job, which wakes the next, and so on,
+    # until a claim finds nothing. Waking all eight would have made eight claims.
+    assert len(claims) - 16 == 4
+    assert sorted(answer.status_code for answer in answers) == [200, 200, 200, 204, 204, 204, 204, 204]
+    claimed = {answer.json()["id"] for answer in answers if answer.status_code == 200}
+    assert claimed == {str(current_job(runs[0], name).pk) for name in ("a", "b", "c")}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_wakes_a_long_poll_of_each_kind_of_runner_so_one_that_can_run_it_gets_it(claims):
+    plain = [register_runner(f"plain-{i}")[1] for i in range(3)]
+    _, gpu_token = register_runner("gpu", tags=["gpu"])
+    claims_while_idle: list[int] = []
+    runs = []
+
+    def queue_a_gpu_job():
+        claims_while_idle.append(len(claims))
+        runs.append(create_run(job("train", "build", tags=["gpu"])))
+
+    answers = long_polls_of_one_process([*plain, gpu_token], wait=4, while_they_wait=queue_a_gpu_job)
+
+    assert [answer.status_code for answer in answers] == [204, 204, 204, 200]
+    assert answers[-1].json()["id"] == str(current_job(runs[0], "train").pk)
+    # One long-poll of each kind claimed: the plain runner's claim found nothing, which ended
+    # its kind's chain, and did not keep the runner with the tag from its job.
+    woken = claims[claims_while_idle[0] :]
+    assert sorted(name.split("-")[0] for name in woken) == ["gpu", "plain"]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_without_a_listen_the_long_poll_polls_and_still_hands_over_a_job(holder, monkeypatch):
     from runners import wakeups

@@ -1,10 +1,12 @@
 """How the long-polls' shared LISTEN fails: with the connection's own error, or saying the
-connection closed, so that the long-poll falls back to polling (runners.api.request_job)."""
+connection closed, so that the long-poll falls back to polling (runners.api.request_job).
+And which waiting long-polls a notification wakes (through the API: runners/tests/test_api.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from types import SimpleNamespace
 
 import pytest
 
@@ -107,3 +109,152 @@ async def hold_waiting(queue_wakeups: wakeups.QueueWakeups):
         yield
     finally:
         queue_wakeups._waiting -= 1
+
+
+# --- Who wakes.
+
+
+class Notifications:
+    """A LISTEN connection whose notifications the test sends; `end()` closes it, as a
+    server that went away would."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def send(self, payload: str) -> None:
+        self.queue.put_nowait(SimpleNamespace(channel="conveyor_jobs", payload=payload))
+
+    async def notifies(self):
+        while (notification := await self.queue.get()) is not None:
+            yield notification
+
+    def end(self) -> None:
+        self.queue.put_nowait(None)
+
+    async def close(self) -> None:
+        pass
+
+
+async def settle() -> None:
+    """Let the listener task hand out what was sent."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+def woken(waiters) -> list[bool]:
+    return [waiter.woken.is_set() for waiter in waiters]
+
+
+def with_waiters(monkeypatch, kinds: list[str], scenario) -> None:
+    """Run `scenario(queue_wakeups, connection, waiters, leave)` with a waiter of each of these
+    kinds, idle on the LISTEN (each has claimed and found nothing); `leave(waiter)` ends a
+    waiter's long-poll."""
+    connections_made = []
+
+    async def connect():
+        connections_made.append(Notifications())
+        return connections_made[0]
+
+    monkeypatch.setattr(wakeups, "connect_listener", connect)
+    queue_wakeups = wakeups.QueueWakeups()
+    places = [queue_wakeups.waiter() for _ in kinds]
+    waiters = [place.__enter__() for place in places]
+
+    def leave(waiter: wakeups.Waiter) -> None:
+        places[waiters.index(waiter)].__exit__(None, None, None)
+
+    async def run() -> None:
+        for waiter, kind in zip(waiters, kinds, strict=True):
+            queue_wakeups.claimed(waiter, kind=kind, found=False)
+        async with queue_wakeups.listening(timeout=5):
+            await scenario(queue_wakeups, connections_made[0], waiters, leave)
+
+    asyncio.run(run())
+
+
+def test_a_notification_of_one_job_wakes_the_longest_waiting_of_each_kind(monkeypatch):
+    async def scenario(queue_wakeups, connection, waiters, leave):
+        connection.send("1")
+        await settle()
+        assert woken(waiters) == [True, False, True, False, False]
+
+    with_waiters(monkeypatch, ["plain", "plain", "gpu", "gpu", "plain"], scenario)
+
+
+def test_a_notification_of_two_jobs_wakes_two_more_of_each_kind_if_there_are(monkeypatch):
+    async def scenario(queue_wakeups, connection, waiters, leave):
+        connection.send("2")
+        await settle()
+        assert woken(waiters) == [True, True, False, True]
+        connection.send("2")  # two more jobs, before those woken claimed
+        await settle()
+        assert woken(waiters) == [True, True, True, True]
+
+    with_waiters(monkeypatch, ["plain", "plain", "plain", "gpu"], scenario)
+
+
+def test_a_claim_that_finds_a_job_wakes_the_next_of_its_kind_and_one_that_finds_none_ends_the_chain(monkeypatch):
+    async def scenario(queue_wakeups, connection, waiters, leave):
+        first, second, third = waiters
+        connection.send("1")  # one job said, two queued: identical notifications were folded
+        await settle()
+        first.arm()
+        queue_wakeups.claimed(first, kind="plain", found=True)
+        leave(first)
+        assert woken(waiters[1:]) == [True, False]
+        second.arm()
+        queue_wakeups.claimed(second, kind="plain", found=True)
+        leave(second)
+        assert woken([third]) == [True]
+        third.arm()
+        queue_wakeups.claimed(third, kind="plain", found=False)
+        assert woken([third]) == [False]
+
+    with_waiters(monkeypatch, ["plain", "plain", "plain"], scenario)
+
+
+def test_a_claim_that_finds_a_job_while_another_of_its_kind_claims_wakes_no_other(monkeypatch):
+    async def scenario(queue_wakeups, connection, waiters, leave):
+        first, second, third = waiters
+        connection.send("2")
+        await settle()
+        first.arm()
+        second.arm()
+        queue_wakeups.claimed(first, kind="plain", found=True)
+        leave(first)
+        assert woken([second, third]) == [False, False]  # the second's claim would find a third job
+        queue_wakeups.claimed(second, kind="plain", found=True)
+        leave(second)
+        assert woken([third]) == [True]
+
+    with_waiters(monkeypatch, ["plain", "plain", "plain"], scenario)
+
+
+def test_a_woken_waiter_that_leaves_before_it_claims_hands_its_wakeup_to_another_of_its_kind(monkeypatch):
+    async def scenario(queue_wakeups, connection, waiters, leave):
+        first, second, third, unwoken = waiters
+        first.arm()  # these two claim again (their runners came back for more)
+        second.arm()
+        connection.send("1")
+        await settle()
+        assert woken(waiters) == [False, False, True, False]  # the one waiting, not one claiming
+        leave(unwoken)
+        assert woken(waiters[:3]) == [False, False, True]  # it had nothing to hand on
+        leave(third)  # its long-poll ends (its wait over) before it claims
+        assert woken([first, second]) == [True, False]
+
+    with_waiters(monkeypatch, ["plain", "plain", "plain", "plain"], scenario)
+
+
+def test_a_lost_listen_wakes_every_waiter_to_claim_once_more(monkeypatch):
+    async def scenario(queue_wakeups, connection, waiters, leave):
+        connection.end()
+        await settle()
+        assert woken(waiters) == [True, True, True]
+
+    with_waiters(monkeypatch, ["plain", "plain", "gpu"], scenario)
+
+
+@pytest.mark.parametrize(("payload", "jobs"), [("3", 3), ("1", 1), ("0", 1), ("", 1), ("many", 1), ("-2", 1)])
+def test_a_notification_says_how_many_jobs_were_queued_and_one_that_does_not_counts_as_one(payload, jobs):
+    assert wakeups.jobs_queued(payload) == jobs
