@@ -20,13 +20,16 @@ from pathlib import Path
 from bench.common import ensure_database, print_table, setup_django
 
 RESULTS = Path(__file__).parent / "results"
-SECTIONS = ("claim", "webhook", "logs", "artifacts", "e2e", "growth")
+SECTIONS = ("claim", "idle", "webhook", "logs", "artifacts", "e2e", "growth")
 # (key, target as text, check) for the summary table: the targets on a 2-core machine.
 TARGETS = [
     ("claim.claims_per_s", "", None),
     ("claim.ratio_vs_raw", ">= 0.5", lambda v: v >= 0.5),
     ("claim.ratio_vs_procrastinate", ">= 2", lambda v: v >= 2),
     ("claim.double_claims", "0", lambda v: v == 0),
+    ("idle.claims_per_job", "", None),
+    ("idle.claims_per_job_ratio", "flat (<= 1.5)", lambda v: v <= 1.5),
+    ("idle.unclaimed", "0", lambda v: v == 0),
     ("e2e.runs_per_hour", "", None),
     ("e2e.overhead_ms_p50", "<= 30", lambda v: v <= 30),
     ("e2e.scheduling_ms_p50", "<= 20", lambda v: v <= 20),
@@ -47,6 +50,8 @@ def _sizes(args: argparse.Namespace) -> dict[str, int]:
     full = {
         "jobs": 20_000,
         "dispatch_samples": 200,
+        "idle_waiting": 200,
+        "idle_jobs": 10,
         "webhook_rounds": 10,
         "log_lines": 200_000,
         "log_viewers": 20,
@@ -58,6 +63,8 @@ def _sizes(args: argparse.Namespace) -> dict[str, int]:
     quick = {
         "jobs": 2_000,
         "dispatch_samples": 50,
+        "idle_waiting": 50,
+        "idle_jobs": 5,
         "webhook_rounds": 2,
         "log_lines": 20_000,
         "log_viewers": 5,
@@ -137,6 +144,31 @@ def run_claim(args, results: dict) -> None:
         "dispatch_ms_p50": dispatch["p50_ms"],
         "dispatch_ms_p99": dispatch["p99_ms"],
         "dispatch_lost": dispatch["lost"],
+    }
+
+
+def run_idle(args, results: dict) -> None:
+    from bench import wakeups, webhooks
+
+    few, many = max(args.idle_jobs * 2, args.idle_waiting // 10), args.idle_waiting
+    print(
+        f"\nidle runners: {few} and {many} long-polls waiting on cicd.web ({webhooks.web_workers()} processes), "
+        f"{args.idle_jobs} jobs queued one at a time\n"
+    )
+    rows = [wakeups.idle_runners(waiting=waiting, jobs=args.idle_jobs) for waiting in (few, many)]
+    print_table(rows, ["waiting", "jobs", "claimed", "claims_per_job", "p50_ms", "p99_ms", "mean_ms"])
+    results["idle"] = {
+        "waiting": [row["waiting"] for row in rows],
+        "jobs": args.idle_jobs,
+        "unclaimed": sum(args.idle_jobs - row["claimed"] for row in rows),
+        # Claims the server ran per job queued, with the most runners waiting (the one that got
+        # the job included), and that over the same with a tenth as many: flat is the target.
+        "claims_per_job": rows[1]["claims_per_job"],
+        "claims_per_job_few": rows[0]["claims_per_job"],
+        "claims_per_job_ratio": round(rows[1]["claims_per_job"] / max(0.01, rows[0]["claims_per_job"]), 2),
+        "dispatch_ms_p50": rows[1]["p50_ms"],
+        "dispatch_ms_p99": rows[1]["p99_ms"],
+        "dispatch_ms_p50_few": rows[0]["p50_ms"],
     }
 
 
@@ -254,6 +286,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, help="Queued no-op jobs for the claim benchmark.")
     parser.add_argument("--concurrency", type=int, default=8, help="Concurrent claimers.")
     parser.add_argument("--dispatch-samples", type=int)
+    parser.add_argument("--idle-waiting", type=int, help="Long-polls waiting in the idle-runners benchmark.")
+    parser.add_argument("--idle-jobs", type=int, help="Jobs queued one at a time while they wait.")
     parser.add_argument("--webhook-concurrency", type=int, default=50)
     parser.add_argument("--webhook-rounds", type=int)
     parser.add_argument("--log-lines", type=int, help="Lines the log benchmark's step prints.")
@@ -283,6 +317,7 @@ def main() -> None:
     }
     runners = {
         "claim": run_claim,
+        "idle": run_idle,
         "webhook": run_webhook,
         "logs": run_logs,
         "artifacts": run_artifacts,

@@ -167,14 +167,19 @@ async def _post(reader, writer, path: str, body: bytes, headers: dict[str, str])
     request = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode()
     started = time.perf_counter()
     writer.write(request + body)
+    status, _ = await read_response(reader)
+    return time.perf_counter() - started, status
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """An HTTP/1.1 response's status and body (by its Content-Length) from a keep-alive connection."""
     status = int((await reader.readline()).split()[1])
     length = 0
     while (line := await reader.readline()) not in (b"\r\n", b""):
         name, _, value = line.decode("latin-1").partition(":")
         if name.strip().lower() == "content-length":
             length = int(value)
-    await reader.readexactly(length)
-    return time.perf_counter() - started, status
+    return status, await reader.readexactly(length)
 
 
 def _flush_broker() -> None:
