@@ -130,7 +130,7 @@ async def _queue_while_idle(port: int, tokens: list[str], job_ids: list[str]) ->
             await conn.execute(
                 "UPDATE runs_job SET status = 'QUEUED', queued_at = now(), queue_key = now() WHERE id = %s", [job_id]
             )
-            await conn.execute("SELECT pg_notify('conveyor_jobs', '1')")
+            await conn.execute("SELECT pg_notify('conveyor_jobs', '[[1,[]]]')")  # as runs.services says it
             committed = time.perf_counter()  # the job (and the NOTIFY) exist from the commit on
             await conn.commit()
             try:

@@ -17,7 +17,7 @@ import dataclasses
 import json
 import logging
 import uuid
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
@@ -31,7 +31,7 @@ from logs.services import LogGap
 from runners import services
 from runners.models import Executor, Runner
 from runners.services import JobNotHeld, RunnerAuthError, StepNotFound
-from runners.wakeups import queue_wakeups
+from runners.wakeups import RunnerKind, queue_wakeups
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def register(request: HttpRequest) -> JsonResponse:
 
 
 @sync_to_async(thread_sensitive=False)
-def _authenticate_and_claim(token: str) -> tuple[dict[str, Any] | None, Hashable]:
+def _authenticate_and_claim(token: str) -> tuple[dict[str, Any] | None, RunnerKind]:
     """The claim answer: the job, and the artifact lists the runner would ask for next
     (artifacts.views: dependencies, images), which saves it two requests per job. With it, the
     kind of runner that claimed (runners.wakeups): runners of one kind find the same jobs."""
@@ -183,7 +183,7 @@ def _authenticate_and_claim(token: str) -> tuple[dict[str, Any] | None, Hashable
 
     close_old_connections()
     runner = services.runner_authenticate(token=token)
-    kind = (frozenset(runner.tags), runner.is_paused)
+    kind = RunnerKind(frozenset(runner.tags), runner.is_paused)
     claimed = services.job_claim(runner=runner)
     if claimed is None:
         return None, kind

@@ -8,16 +8,16 @@ event loop (a web process) share one LISTEN connection, opened when the first st
 and closed when the last stops.
 
 A notification does not wake them all: with a thousand idle runners, a thousand claims would
-run for each job queued, all but one finding nothing. It says how many jobs were queued
-(runs.services), and the waiting long-polls are grouped by what their runner can claim (its
-tags, whether it is paused: `Waiter.kind`); of each kind, as many wake as jobs were queued,
-the longest waiting first. A waiter whose claim finds a job wakes the next of its kind, unless
-another of its kind is about to claim or claiming: the queue may hold more than it was told
-(PostgreSQL folds identical notifications of one transaction into one). One whose claim finds
-nothing ends its kind's chain, since none of its kind would find one. A woken waiter that
-leaves before it claims (its wait over, its client gone) hands its wakeup to another of its
-kind. So a NOTIFY of n jobs costs about n claims per kind of runner waiting, not one per
-runner waiting.
+run for each job queued, all but one finding nothing. It says how many jobs were queued with
+which tags (runs.services), and the waiting long-polls are grouped by what their runner can
+claim (`RunnerKind`: its tags, whether it is paused). Of each kind, as many wake as jobs were
+queued that it can run (their tags among its own), the longest waiting first. A waiter whose
+claim finds a job wakes the next of its kind, unless another of its kind is about to claim or
+claiming: the queue may hold more than it was told (PostgreSQL folds identical notifications
+of one transaction into one). One whose claim finds nothing ends its kind's chain, since none
+of its kind would find one. A woken waiter that leaves before it claims (its wait over, its
+client gone) hands its wakeup to another of its kind. So a NOTIFY of n jobs costs about n
+claims per kind of runner that can run them, not one per runner waiting.
 
 Waiting is race-free: a long-poll arms its waiter *before* it claims and waits on it after
 the claim found nothing, so a notification that arrives in between is not missed.
@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import weakref
-from collections.abc import AsyncIterator, Hashable, Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import NamedTuple
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,13 @@ async def connect_listener():
     return conn
 
 
+class RunnerKind(NamedTuple):
+    """What a runner can claim: jobs whose tags are all among its own, none while it is paused."""
+
+    tags: frozenset[str]
+    paused: bool
+
+
 class Waiter:
     """One long-poll's place among those a notification may wake."""
 
@@ -52,7 +61,7 @@ class Waiter:
 
     def __init__(self) -> None:
         # What its runner can claim, as the last claim said (runners.api); None before the first.
-        self.kind: Hashable = None
+        self.kind: RunnerKind | None = None
         self.woken = asyncio.Event()
         self.claiming = True  # it claims first, then waits
 
@@ -83,7 +92,7 @@ class QueueWakeups:
             if waiter.woken.is_set():  # a wakeup it will not act on: it goes to another of its kind
                 self._wake(self._of_kind(waiter.kind), 1)
 
-    def claimed(self, waiter: Waiter, *, kind: Hashable, found: bool) -> None:
+    def claimed(self, waiter: Waiter, *, kind: RunnerKind, found: bool) -> None:
         """A waiter's claim is over. It found a job: the queue may hold more, and unless another
         of its kind is about to claim or claiming, the next of its kind tries. It found none: none
         of its kind would, and its kind's chain of wakeups ends."""
@@ -93,7 +102,7 @@ class QueueWakeups:
             if not any(w.woken.is_set() or w.claiming for w in others):
                 self._wake(others, 1)
 
-    def _of_kind(self, kind: Hashable, besides: Waiter | None = None) -> list[Waiter]:
+    def _of_kind(self, kind: RunnerKind | None, besides: Waiter | None = None) -> list[Waiter]:
         return [w for w in self._waiters if w.kind == kind and w is not besides]
 
     @staticmethod
@@ -104,9 +113,12 @@ class QueueWakeups:
         for waiter in sorted(asleep, key=lambda w: w.claiming)[:count]:
             waiter.woken.set()
 
-    def _wake_each_kind(self, jobs: int) -> None:
-        """A notification that `jobs` jobs were queued: as many more waiters of each kind claim."""
+    def _wake_each_kind(self, queued: list[tuple[int, frozenset[str] | None]]) -> None:
+        """A notification of jobs queued, (count, tags) pairs: as many more waiters of each kind
+        claim as there are jobs it can run. A waiter yet to claim once, or jobs whose tags the
+        notification does not say, count as a match (the claim decides)."""
         for kind in {w.kind for w in self._waiters}:
+            jobs = sum(count for count, tags in queued if kind is None or tags is None or tags <= kind.tags)
             self._wake(self._of_kind(kind), jobs)
 
     @contextlib.asynccontextmanager
@@ -164,10 +176,26 @@ class QueueWakeups:
             waiter.woken.set()
 
 
-def jobs_queued(payload: str) -> int:
-    """How many jobs a notification says were queued (runs.services sends the number): one if
-    it does not say (a server of an earlier version)."""
-    return max(1, int(payload)) if payload.isdigit() else 1
+def jobs_queued(payload: str) -> list[tuple[int, frozenset[str] | None]]:
+    """The jobs a notification says were queued, as (count, tags) pairs (runs.services sends
+    `[[count, [tag, ...]], ...]`, or the count alone when that would be too long). Tags None: it
+    does not say. A payload that says nothing readable (a server of an earlier version sent
+    none) is one job, tags unknown."""
+    if payload.isdigit():
+        return [(max(1, int(payload)), None)]
+    try:
+        pairs = json.loads(payload)
+    except ValueError:
+        pairs = None
+    queued = [pair for pair in map(_queued_pair, pairs if isinstance(pairs, list) else []) if pair]
+    return queued or [(1, None)]
+
+
+def _queued_pair(pair: object) -> tuple[int, frozenset[str]] | None:
+    match pair:
+        case [int(count), list(tags)] if count > 0 and all(isinstance(tag, str) for tag in tags):
+            return count, frozenset(tags)
+    return None
 
 
 _of_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, QueueWakeups] = weakref.WeakKeyDictionary()

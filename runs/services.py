@@ -19,8 +19,9 @@ marked `retried` and leaves the DAG. Its steps, logs and artifacts stay as the r
 
 from __future__ import annotations
 
+import json
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -355,14 +356,22 @@ def _on_commit_run_changed(run_id: Any, *, jobs_only: bool = False) -> None:
     follow_up_after_commit(partial(_after_commit_run_changed, run_id, jobs_only=jobs_only))
 
 
-def _notify_queue(jobs: int) -> None:
+# A NOTIFY payload is at most 8000 bytes; past this, the notification says how many jobs only.
+_QUEUED_PAYLOAD_MAX = 4000
+
+
+def _notify_queue(jobs: Iterable[Job]) -> None:
     # Executed inside the transaction on purpose: PostgreSQL delivers NOTIFY at commit, and
-    # drops it on rollback, which is exactly when runners should (not) wake up. The payload is
-    # the number of jobs queued: the web processes wake as many waiting long-polls of each kind
-    # of runner (runners.wakeups). Identical notifications in one transaction are folded into
-    # one; the long-polls make up for it.
+    # drops it on rollback, which is exactly when runners should (not) wake up. The payload says
+    # how many jobs were queued with which tags, `[[count, [tag, ...]], ...]`: the web processes
+    # wake as many waiting long-polls of each kind of runner that can run them (runners.wakeups).
+    # Identical notifications in one transaction are folded into one; the long-polls make up for it.
+    by_tags = Counter(tuple(sorted(job.tags)) for job in jobs)
+    payload = json.dumps([[count, list(tags)] for tags, count in by_tags.items()], separators=(",", ":"))
+    if len(payload) > _QUEUED_PAYLOAD_MAX:
+        payload = str(by_tags.total())
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_notify(%s, %s)", [JOBS_CHANNEL, str(jobs)])
+        cursor.execute("SELECT pg_notify(%s, %s)", [JOBS_CHANNEL, payload])
 
 
 def _lock_run(run_id: Any, *, skip_locked: bool = False) -> PipelineRun | None:
@@ -548,7 +557,7 @@ def _promote_locked(run: PipelineRun, *, now: datetime, changed: bool = False, r
             job.scheduled_at = transition.scheduled_at
         result.jobs.append(job)
     _assign_queue_keys(jobs.values(), now=now)
-    queued = sum(t.new == JobStatus.QUEUED for t in result.transitions)
+    queued = [jobs[t.job_id] for t in result.transitions if t.new == JobStatus.QUEUED]
     if queued:
         _notify_queue(queued)
     result.run_changed = _run_sync_status(run, nodes.values(), now=now)
@@ -649,7 +658,7 @@ def _job_new_attempt(old: Job, *, now: datetime) -> Job:
         for depends_on_id, artifacts in JobDependency.objects.filter(job=old).values_list("depends_on_id", "artifacts")
     )
     JobDependency.objects.filter(depends_on=old).update(depends_on=new)
-    _notify_queue(1)
+    _notify_queue([new])
     return new
 
 
@@ -784,7 +793,7 @@ def job_play(*, job: Job, user: AbstractBaseUser | None = None) -> Job:
     # PENDING for good (test_engine_properties found it).
     reopened = run.status in RunStatus.TERMINAL
     _run_reopen(run, now=now)
-    _notify_queue(1)
+    _notify_queue([job])
     _reset_skipped_descendants(run, roots=[job.pk])
     _promote_locked(run, now=now, changed=True, run_changed=reopened)
     job.refresh_from_db()

@@ -145,6 +145,12 @@ def woken(waiters) -> list[bool]:
     return [waiter.woken.is_set() for waiter in waiters]
 
 
+KINDS = {
+    "plain": wakeups.RunnerKind(frozenset(), paused=False),
+    "gpu": wakeups.RunnerKind(frozenset({"gpu"}), paused=False),
+}
+
+
 def with_waiters(monkeypatch, kinds: list[str], scenario) -> None:
     """Run `scenario(queue_wakeups, connection, waiters, leave)` with a waiter of each of these
     kinds, idle on the LISTEN (each has claimed and found nothing); `leave(waiter)` ends a
@@ -165,7 +171,7 @@ def with_waiters(monkeypatch, kinds: list[str], scenario) -> None:
 
     async def run() -> None:
         for waiter, kind in zip(waiters, kinds, strict=True):
-            queue_wakeups.claimed(waiter, kind=kind, found=False)
+            queue_wakeups.claimed(waiter, kind=KINDS[kind], found=False)
         async with queue_wakeups.listening(timeout=5):
             await scenario(queue_wakeups, connections_made[0], waiters, leave)
 
@@ -179,6 +185,18 @@ def test_a_notification_of_one_job_wakes_the_longest_waiting_of_each_kind(monkey
         assert woken(waiters) == [True, False, True, False, False]
 
     with_waiters(monkeypatch, ["plain", "plain", "gpu", "gpu", "plain"], scenario)
+
+
+def test_a_job_with_tags_wakes_only_runners_that_have_them_and_one_without_wakes_every_kind(monkeypatch):
+    async def scenario(queue_wakeups, connection, waiters, leave):
+        connection.send('[[1,["gpu"]]]')
+        await settle()
+        assert woken(waiters) == [False, True, False]
+        connection.send("[[1,[]]]")
+        await settle()
+        assert woken(waiters) == [True, True, False]  # the one gpu waiter is woken already
+
+    with_waiters(monkeypatch, ["plain", "gpu", "plain"], scenario)
 
 
 def test_a_notification_of_two_jobs_wakes_two_more_of_each_kind_if_there_are(monkeypatch):
@@ -199,15 +217,15 @@ def test_a_claim_that_finds_a_job_wakes_the_next_of_its_kind_and_one_that_finds_
         connection.send("1")  # one job said, two queued: identical notifications were folded
         await settle()
         first.arm()
-        queue_wakeups.claimed(first, kind="plain", found=True)
+        queue_wakeups.claimed(first, kind=KINDS["plain"], found=True)
         leave(first)
         assert woken(waiters[1:]) == [True, False]
         second.arm()
-        queue_wakeups.claimed(second, kind="plain", found=True)
+        queue_wakeups.claimed(second, kind=KINDS["plain"], found=True)
         leave(second)
         assert woken([third]) == [True]
         third.arm()
-        queue_wakeups.claimed(third, kind="plain", found=False)
+        queue_wakeups.claimed(third, kind=KINDS["plain"], found=False)
         assert woken([third]) == [False]
 
     with_waiters(monkeypatch, ["plain", "plain", "plain"], scenario)
@@ -220,10 +238,10 @@ def test_a_claim_that_finds_a_job_while_another_of_its_kind_claims_wakes_no_othe
         await settle()
         first.arm()
         second.arm()
-        queue_wakeups.claimed(first, kind="plain", found=True)
+        queue_wakeups.claimed(first, kind=KINDS["plain"], found=True)
         leave(first)
         assert woken([second, third]) == [False, False]  # the second's claim would find a third job
-        queue_wakeups.claimed(second, kind="plain", found=True)
+        queue_wakeups.claimed(second, kind=KINDS["plain"], found=True)
         leave(second)
         assert woken([third]) == [True]
 
@@ -255,6 +273,18 @@ def test_a_lost_listen_wakes_every_waiter_to_claim_once_more(monkeypatch):
     with_waiters(monkeypatch, ["plain", "plain", "gpu"], scenario)
 
 
-@pytest.mark.parametrize(("payload", "jobs"), [("3", 3), ("1", 1), ("0", 1), ("", 1), ("many", 1), ("-2", 1)])
-def test_a_notification_says_how_many_jobs_were_queued_and_one_that_does_not_counts_as_one(payload, jobs):
-    assert wakeups.jobs_queued(payload) == jobs
+@pytest.mark.parametrize(
+    ("payload", "queued"),
+    [
+        ('[[2,["gpu"]],[1,[]]]', [(2, {"gpu"}), (1, set())]),
+        ("3", [(3, None)]),
+        ("", [(1, None)]),
+        ("0", [(1, None)]),
+        ("[[0,[]]]", [(1, None)]),
+        ('[[1,"gpu"]]', [(1, None)]),
+        ('{"gpu":1}', [(1, None)]),
+        ("not json", [(1, None)]),
+    ],
+)
+def test_a_notification_says_which_jobs_were_queued_and_one_that_does_not_counts_as_one_for_anyone(payload, queued):
+    assert wakeups.jobs_queued(payload) == queued

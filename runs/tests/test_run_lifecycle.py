@@ -482,6 +482,29 @@ def test_queueing_a_job_sends_a_notify_and_schedules_the_run_hook(django_capture
     assert not any("pg_notify" in q["sql"] for q in ctx.captured_queries)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_notify_says_how_many_jobs_were_queued_with_which_tags() -> None:
+    from runners.backends import listen_connection
+    from runners.wakeups import jobs_queued
+
+    listener = listen_connection()
+    try:
+        create_run(
+            job("build", "build"),
+            job("lint", "build"),
+            job("train", "build", tags=["gpu", "cuda"]),
+            job("test", "test"),
+        )
+        (notification,) = listener.notifies(timeout=10, stop_after=1)
+    finally:
+        listener.close()
+
+    assert sorted(jobs_queued(notification.payload), key=lambda queued: len(queued[1])) == [
+        (2, frozenset()),
+        (1, {"cuda", "gpu"}),
+    ]
+
+
 @pytest.mark.django_db
 def test_a_finish_within_follow_ups_collected_hands_its_follow_ups_to_the_caller(
     monkeypatch, django_capture_on_commit_callbacks
