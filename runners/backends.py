@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 
 import psycopg
 from django.conf import settings
@@ -33,6 +34,15 @@ def listen_params() -> dict:
         **db.get("OPTIONS", {}),
     }
     return {k: v for k, v in params.items() if v is not None}
+
+
+def can_run_some(runner_tags: list[str], payload: str) -> bool:
+    """Whether a runner with these tags can run one of the jobs a queue notification is about
+    (runners.wakeups.jobs_queued reads it; one that does not say which, it may)."""
+    from runners.wakeups import jobs_queued
+
+    tags = frozenset(runner_tags)
+    return any(needed is None or needed <= tags for _, needed in jobs_queued(payload))
 
 
 def listen_connection() -> psycopg.Connection:
@@ -71,11 +81,16 @@ class OrmBackend:
         return self._db(services.job_claim, runner=self.runner)
 
     def wait_for_work(self, timeout: float) -> None:
+        """Until a notification of jobs this runner can run (their tags among its own: a job
+        queued for others does not wake it), or the timeout."""
+        deadline = time.monotonic() + timeout
         try:
             if self._listener is None or self._listener.closed:
                 self._listener = listen_connection()
-            for _ in self._listener.notifies(timeout=timeout, stop_after=1):
-                break
+            while (remaining := deadline - time.monotonic()) > 0:
+                notification = next(self._listener.notifies(timeout=remaining, stop_after=1), None)
+                if notification is None or can_run_some(self.runner.tags, notification.payload):
+                    return
         except psycopg.Error as exc:
             # The database went away: drop the listener; the loop's claim retries with backoff.
             logger.warning("LISTEN connection lost: %s", exc)

@@ -288,3 +288,46 @@ def test_a_lost_listen_wakes_every_waiter_to_claim_once_more(monkeypatch):
 )
 def test_a_notification_says_which_jobs_were_queued_and_one_that_does_not_counts_as_one_for_anyone(payload, queued):
     assert wakeups.jobs_queued(payload) == queued
+
+
+# --- A trusted runner's own LISTEN (runners.backends.OrmBackend): it wakes for jobs it can run.
+
+
+@pytest.mark.parametrize(
+    ("runner_tags", "payload", "can_run"),
+    [
+        ([], "[[1,[]]]", True),
+        (["gpu", "linux"], '[[1,["gpu"]]]', True),
+        ([], '[[1,["gpu"]]]', False),
+        (["linux"], '[[2,["gpu"]],[1,["linux"]]]', True),
+        (["linux"], "1", True),  # a notification that does not say which tags: it may
+    ],
+)
+def test_a_runner_can_run_a_notified_job_when_the_jobs_tags_are_among_its_own(runner_tags, payload, can_run):
+    from runners.backends import can_run_some
+
+    assert can_run_some(runner_tags, payload) is can_run
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_trusted_runner_waiting_sleeps_through_a_job_for_other_runners_and_wakes_for_its_own():
+    import threading
+
+    from runners.backends import OrmBackend
+    from runners.models import Runner
+    from runs.tests.factories import create_run, job
+
+    backend = OrmBackend(runner=Runner.objects.create(name="plain", tags=[]))
+    backend.wait_for_work(0.01)  # its LISTEN in place
+    woke = threading.Event()
+    try:
+        create_run(job("train", "build", tags=["gpu"]))
+        waiting = threading.Thread(target=lambda: (backend.wait_for_work(30), woke.set()), daemon=True)
+        waiting.start()
+        waiting.join(timeout=1)
+        assert not woke.is_set(), "a job it cannot run woke it"
+        create_run(job("compile", "build"))
+        waiting.join(timeout=15)  # well before its 30 s: the notification woke it
+        assert woke.is_set()
+    finally:
+        backend._listener.close()
