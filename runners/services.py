@@ -281,6 +281,10 @@ _UNDECRYPTABLE = (
 )
 
 
+# What of a job's config its runner reads (runners.executors); the rest stays on the server.
+_RUNNER_SPEC_KEYS = frozenset({"image", "services", "artifacts", "cache", "deploy"})
+
+
 def _claimed_job(
     *,
     job: JobFacts,
@@ -291,9 +295,7 @@ def _claimed_job(
     runner: Runner,
     has_variables: bool = True,
 ) -> ClaimedJob:
-    from pipelines.variables import JobVariables
-
-    project = _project_variables(job) if has_variables else JobVariables()
+    project = _project_variables(job) if has_variables else None
     return ClaimedJob(
         id=job.job_id,
         run_id=job.run_id,
@@ -306,13 +308,12 @@ def _claimed_job(
         commit_sha=job.commit_sha,
         ref=job.branch,
         job_token=job_token,
-        steps=[
-            ClaimedStep(id=str(step_id), index=index, kind=kind, name=step_name, command=command)
-            for step_id, index, kind, step_name, command in steps
-        ],
-        variables=job_variables(job=job, runner=runner, job_token=job_token, project=project.values),
-        spec={k: v for k, v in job.spec.items() if k in {"image", "services", "artifacts", "cache", "deploy"}},
-        masked_variables=[*project.masked, "CI_JOB_TOKEN"],
+        steps=[ClaimedStep(str(step_id), index, kind, name, command) for step_id, index, kind, name, command in steps],
+        variables=job_variables(
+            job=job, runner=runner, job_token=job_token, project=project.values if project else None
+        ),
+        spec={key: value for key, value in job.spec.items() if key in _RUNNER_SPEC_KEYS},
+        masked_variables=[*project.masked, "CI_JOB_TOKEN"] if project else ["CI_JOB_TOKEN"],
         finish_takes_step_ends=True,
     )
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.conf import settings
 
-from pipelines.models import PIPELINE_SOURCE, Trigger
+from pipelines.models import PIPELINE_SOURCE
 from runners.models import Runner
 from runs.models import Job
 
@@ -68,21 +68,26 @@ class JobFacts:
         return str((self.spec.get("environment") or {}).get("name") or "")
 
 
+# PIPELINE_SOURCE by the trigger's stored value (a claim reads it as a plain string).
+_PIPELINE_SOURCE = {str(trigger.value): source for trigger, source in PIPELINE_SOURCE.items()}
+
+
 def job_variables(
     *, job: JobFacts, runner: Runner, job_token: str, project: dict[str, str] | None = None
 ) -> dict[str, str]:
     """`project`: the repository's CI/CD variables this job gets (pipelines.variables)."""
+    base_url = settings.CONVEYOR_BASE_URL
     values = {
         "CI": "true",
         "CONVEYOR": "true",
-        "CI_SERVER_URL": settings.CONVEYOR_BASE_URL,
+        "CI_SERVER_URL": base_url,
         "CI_PROJECT_NAME": job.repository_name,
         "CI_PROJECT_PATH": job.repository_name,
         "CI_DEFAULT_BRANCH": job.default_branch,
         "CI_PIPELINE_ID": job.run_id,
         "CI_PIPELINE_IID": str(job.run_number),
-        "CI_PIPELINE_SOURCE": PIPELINE_SOURCE.get(Trigger(job.trigger), "api"),
-        "CI_PIPELINE_URL": f"{settings.CONVEYOR_BASE_URL}/runs/{job.run_id}/",
+        "CI_PIPELINE_SOURCE": _PIPELINE_SOURCE.get(job.trigger, "api"),
+        "CI_PIPELINE_URL": f"{base_url}/runs/{job.run_id}/",
         "CI_COMMIT_SHA": job.commit_sha,
         "CI_COMMIT_SHORT_SHA": job.commit_sha[:8],
         "CI_COMMIT_REF_NAME": job.branch,
@@ -90,7 +95,7 @@ def job_variables(
         "CI_JOB_ID": job.job_id,
         "CI_JOB_NAME": job.job_name,
         "CI_JOB_STAGE": job.stage,
-        "CI_JOB_URL": f"{settings.CONVEYOR_BASE_URL}/jobs/{job.job_id}/",
+        "CI_JOB_URL": f"{base_url}/jobs/{job.job_id}/",
         "CI_JOB_TOKEN": job_token,
         "CI_JOB_ATTEMPT": str(job.attempt),
         "CI_RUNNER_ID": str(runner.id),
