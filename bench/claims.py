@@ -25,7 +25,8 @@ WHERE id = (
 RAW_COMPLETE = "UPDATE runs_job SET status = 'SUCCESS', finished_at = now(), lease_expires_at = NULL WHERE id = %s"
 
 
-def seed_queue(count: int) -> None:
+def seed_queue(count: int):
+    """`count` QUEUED no-op jobs, in the benchmarks' one run (made once), alone in the queue: the run."""
     from django.utils import timezone
 
     from pipelines.models import Pipeline, Repository
@@ -34,8 +35,7 @@ def seed_queue(count: int) -> None:
     Job.objects.filter(status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).delete()
     repository, _ = Repository.objects.get_or_create(name="bench", defaults={"clone_url": "/nonexistent"})
     pipeline, _ = Pipeline.objects.get_or_create(repository=repository, name="bench")
-    number = (PipelineRun.objects.filter(pipeline=pipeline).count() or 0) + 1
-    run = PipelineRun.objects.create(pipeline=pipeline, number=number, status="RUNNING")
+    run, _ = PipelineRun.objects.get_or_create(pipeline=pipeline, number=1, defaults={"status": "RUNNING"})
     now = timezone.now()
     Job.objects.bulk_create(
         (
@@ -59,6 +59,7 @@ def seed_queue(count: int) -> None:
 
         with connection.cursor() as cursor:
             cursor.execute("VACUUM ANALYZE runs_job")
+    return run
 
 
 def _orm_claimer(runner_id: str, ready, go, results) -> None:
@@ -188,10 +189,9 @@ def dispatch_latency(*, samples: int) -> dict[str, object]:
     from runners.backends import OrmBackend
     from runners.models import Runner
     from runners.services import job_claim
-    from runs.models import Job, JobStatus, PipelineRun
+    from runs.models import Job, JobStatus
 
-    seed_queue(0)
-    run = PipelineRun.objects.order_by("-created_at").first()
+    run = seed_queue(0)
     runner = Runner.objects.create(name=f"bench-idle-{uuid.uuid4().hex[:6]}")
     backend = OrmBackend(runner=runner)
     claimed_at: dict[str, float] = {}

@@ -33,10 +33,9 @@ def idle_runners(*, waiting: int, jobs: int) -> dict[str, object]:
     from bench.webhooks import ROOT, _free_port, _server_env, _wait_healthy, web_command
     from runners.models import Runner
     from runners.services import registration_token_create, runner_register
-    from runs.models import Job, JobStatus, PipelineRun
+    from runs.models import Job, JobStatus
 
-    seed_queue(0)
-    run = PipelineRun.objects.order_by("-created_at").first()
+    run = seed_queue(0)
     prefix = f"bench-idle-{uuid.uuid4().hex[:6]}"
     registration, secret = registration_token_create(description="bench idle runners")
     tokens = [runner_register(registration_token=secret, name=f"{prefix}-{i}", tags=[])[1] for i in range(waiting)]
