@@ -53,7 +53,7 @@ def idle_runners(*, waiting: int, jobs: int) -> dict[str, object]:
     try:
         _wait_healthy(port, server)
         scans_before = _queue_index_scans()
-        latencies, answers = asyncio.run(_queue_while_idle(port, tokens, job_ids))
+        latencies, claimed = asyncio.run(_queue_while_idle(port, tokens, job_ids))
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -68,7 +68,7 @@ def idle_runners(*, waiting: int, jobs: int) -> dict[str, object]:
     return {
         "waiting": waiting,
         "jobs": jobs,
-        "claimed": answers,
+        "claimed": claimed,
         "claims_per_job": round(during / jobs, 2) if jobs else float("nan"),
         **summary_ms(latencies),
     }

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
 from logs.services import LogGap
-from runners import services
+from runners import services, wakeups
 from runners.executors.base import JobResult
 from runners.models import Runner
 from runners.services import ClaimedJob, ClaimedStep, JobNotHeld
@@ -34,15 +34,6 @@ def listen_params() -> dict:
         **db.get("OPTIONS", {}),
     }
     return {k: v for k, v in params.items() if v is not None}
-
-
-def can_run_some(runner_tags: list[str], payload: str) -> bool:
-    """Whether a runner with these tags can run one of the jobs a queue notification is about
-    (runners.wakeups.jobs_queued reads it; one that does not say which, it may)."""
-    from runners.wakeups import jobs_queued
-
-    tags = frozenset(runner_tags)
-    return any(needed is None or needed <= tags for _, needed in jobs_queued(payload))
 
 
 def listen_connection() -> psycopg.Connection:
@@ -89,7 +80,7 @@ class OrmBackend:
                 self._listener = listen_connection()
             while (remaining := deadline - time.monotonic()) > 0:
                 notification = next(self._listener.notifies(timeout=remaining, stop_after=1), None)
-                if notification is None or can_run_some(self.runner.tags, notification.payload):
+                if notification is None or wakeups.can_run_some(self.runner.tags, notification.payload):
                     return
         except psycopg.Error as exc:
             # The database went away: drop the listener; the loop's claim retries with backoff.

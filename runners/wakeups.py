@@ -118,7 +118,7 @@ class QueueWakeups:
         claim as there are jobs it can run. A waiter yet to claim once, or jobs whose tags the
         notification does not say, count as a match (the claim decides)."""
         for kind in {w.kind for w in self._waiters}:
-            jobs = sum(count for count, tags in queued if kind is None or tags is None or tags <= kind.tags)
+            jobs = sum(count for count, needed in queued if kind is None or can_run(kind.tags, needed))
             self._wake(self._of_kind(kind), jobs)
 
     @contextlib.asynccontextmanager
@@ -189,6 +189,17 @@ def jobs_queued(payload: str) -> list[tuple[int, frozenset[str] | None]]:
         pairs = None
     queued = [pair for pair in map(_queued_pair, pairs if isinstance(pairs, list) else []) if pair]
     return queued or [(1, None)]
+
+
+def can_run(runner_tags: frozenset[str], needed: frozenset[str] | None) -> bool:
+    """Whether a runner with these tags can run jobs needing these (None: not said, it may)."""
+    return needed is None or needed <= runner_tags
+
+
+def can_run_some(runner_tags: list[str], payload: str) -> bool:
+    """Whether a runner with these tags can run one of the jobs a notification is about."""
+    tags = frozenset(runner_tags)
+    return any(can_run(tags, needed) for _, needed in jobs_queued(payload))
 
 
 def _queued_pair(pair: object) -> tuple[int, frozenset[str]] | None:

@@ -304,9 +304,7 @@ def test_a_notification_says_which_jobs_were_queued_and_one_that_does_not_counts
     ],
 )
 def test_a_runner_can_run_a_notified_job_when_the_jobs_tags_are_among_its_own(runner_tags, payload, can_run):
-    from runners.backends import can_run_some
-
-    assert can_run_some(runner_tags, payload) is can_run
+    assert wakeups.can_run_some(runner_tags, payload) is can_run
 
 
 @pytest.mark.django_db(transaction=True)
