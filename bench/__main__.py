@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.common import ensure_database, print_table, setup_django
 
 RESULTS = Path(__file__).parent / "results"
-SECTIONS = ("claim", "idle", "webhook", "logs", "artifacts", "e2e", "growth")
+SECTIONS = ("claim", "idle", "webhook", "logs", "artifacts", "gitcache", "e2e", "growth")
 # (key, target as text, check) for the summary table: the targets on a 2-core machine.
 TARGETS = [
     ("claim.claims_per_s", "", None),
@@ -41,6 +41,8 @@ TARGETS = [
     ("logs.bytes_mismatched", "0", lambda v: v == 0),
     ("artifacts.upload_mb_s", "", None),
     ("artifacts.peak_rss_mb", "", None),
+    ("gitcache.kb_added_p50", "", None),
+    ("gitcache.snapshot_kb_added_p50", "", None),
     ("growth.claim_cost_ratio_100x", "flat (<= 1.5)", lambda v: v <= 1.5),
 ]
 
@@ -56,6 +58,8 @@ def _sizes(args: argparse.Namespace) -> dict[str, int]:
         "log_lines": 200_000,
         "log_viewers": 20,
         "artifact_mb": 1024,
+        "git_files": 2000,
+        "git_commits": 20,
         "e2e_runs": 200,
         "e2e_latency_runs": 20,
         "growth_queued": 20_000,
@@ -69,6 +73,8 @@ def _sizes(args: argparse.Namespace) -> dict[str, int]:
         "log_lines": 20_000,
         "log_viewers": 5,
         "artifact_mb": 100,
+        "git_files": 500,
+        "git_commits": 6,
         "e2e_runs": 20,
         "e2e_latency_runs": 5,
         "growth_queued": 1_000,
@@ -234,6 +240,22 @@ def run_artifacts(args, results: dict) -> None:
     }
 
 
+def run_gitcache(args, results: dict) -> None:
+    from bench import gitcache
+
+    print(f"\nthe runner's git cache: {args.git_commits} new commits of a repository of {args.git_files} files\n")
+    rows = gitcache.new_commits(files=args.git_files, commits=args.git_commits)
+    print_table(rows, gitcache.COLUMNS)
+    cache, snapshot = rows
+    results["gitcache"] = {
+        "repository_mb": cache["repository_mb"],
+        "ms_p50": cache["ms_p50"],
+        "kb_added_p50": cache["kb_added_p50"],
+        "snapshot_ms_p50": snapshot["ms_p50"],
+        "snapshot_kb_added_p50": snapshot["kb_added_p50"],
+    }
+
+
 def run_e2e(args, results: dict) -> None:
     from bench import e2e
 
@@ -293,6 +315,8 @@ def main() -> None:
     parser.add_argument("--log-lines", type=int, help="Lines the log benchmark's step prints.")
     parser.add_argument("--log-viewers", type=int, help="WebSocket viewers of the log benchmark.")
     parser.add_argument("--artifact-mb", type=int, help="Size of the artifact transfer benchmark.")
+    parser.add_argument("--git-files", type=int, help="Files of the git cache benchmark's repository.")
+    parser.add_argument("--git-commits", type=int, help="New commits the git cache benchmark fetches.")
     parser.add_argument("--e2e-runs", type=int, help="Runs pushed at once (capacity phase).")
     parser.add_argument("--e2e-latency-runs", type=int, help="Runs pushed one at a time (latency phase).")
     parser.add_argument("--e2e-mode", choices=["http", "orm"], default="http", help="How the runners connect.")
@@ -321,6 +345,7 @@ def main() -> None:
         "webhook": run_webhook,
         "logs": run_logs,
         "artifacts": run_artifacts,
+        "gitcache": run_gitcache,
         "e2e": run_e2e,
         "growth": run_growth,
     }

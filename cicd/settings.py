@@ -227,6 +227,10 @@ CONVEYOR_RUNNER_POLL_S = env_float("CONVEYOR_RUNNER_POLL_S", 5.0, minimum=0.1)
 CONVEYOR_FAIR_SHARE_STEP_S = env_float("CONVEYOR_FAIR_SHARE_STEP_S", 10.0, minimum=0.0)
 # Where the shell executor makes job workspaces.
 CONVEYOR_BUILDS_DIR = env_str("CONVEYOR_BUILDS_DIR", str(embedded.var_dir() / "builds"))
+# The shell executor's git cache (beside the builds directory): a cached repository no job
+# used for this many days is removed; one grown past this many MB keeps only its newest commits.
+CONVEYOR_GIT_CACHE_DAYS = env_float("CONVEYOR_GIT_CACHE_DAYS", 7.0, minimum=0.0)
+CONVEYOR_GIT_CACHE_MB = env_int("CONVEYOR_GIT_CACHE_MB", 4096, minimum=1)
 
 # --- Kubernetes executor: one pod per job (runners/executors/kubernetes.py).
 CONVEYOR_K8S_NAMESPACE = env_str("CONVEYOR_K8S_NAMESPACE", "conveyor-jobs")

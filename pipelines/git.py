@@ -50,10 +50,18 @@ def git_env() -> dict[str, str]:
     return env
 
 
-def run_git(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+def run_git(
+    *args: str, cwd: Path | None = None, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[bytes]:
     try:
         result = subprocess.run(
-            ["git", *args], cwd=cwd, env=git_env(), capture_output=True, timeout=GIT_TIMEOUT_S, check=False
+            ["git", *args],
+            cwd=cwd,
+            env=git_env(),
+            input=input.encode() if input is not None else None,
+            capture_output=True,
+            timeout=GIT_TIMEOUT_S,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         raise GitError(f"git {args[0]} timed out after {GIT_TIMEOUT_S}s") from None

@@ -33,6 +33,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from django.conf import settings
 from django.db import connections
 
 from pipelines.git import GitError, run_git
@@ -55,6 +56,14 @@ _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 # The cache fetches commits by their sha, so nothing references them: git must never prune
 # them (gc, or maintenance in newer versions) while a workspace borrows them.
 _NO_PRUNING = ("-c", "gc.auto=0", "-c", "maintenance.auto=false")
+# The git cache's upkeep (GitCache): where its fetched commits' refs are, how many of the
+# newest a repository keeps when it is trimmed, how many packs (one per fetch) it may have
+# before, and how often a runner sweeps the cache.
+_KEPT_REFS = "refs/conveyor/"
+_KEPT_COMMITS = 16
+_MAX_PACKS = 64
+_SWEEP_EVERY_S = 3600.0
+_TRASH = ".trash"
 
 # The guardian (see ProcessGroupGuardian): it reads "+<pgid> <start>" / "-<pgid>" lines from
 # the runner and, once its stdin ends (the runner exited, however it died, SIGKILL included),
@@ -162,12 +171,23 @@ class GitCache:
     to the server. Fetches are shallow, as a job's own fetch was; the repository's
     `shallow` file goes with each checkout, so that history ends there, as in a shallow clone.
 
-    The clone URL is never stored here (fetched by URL, without FETCH_HEAD): a URL with
-    credentials stays in the job's own workspace, as before. Safe to delete while no runner
-    of the host runs."""
+    A fetched commit keeps a ref (refs/conveyor/<sha>), which the next fetch names to the
+    server as a commit the cache has: a new commit then brings only the objects it changed,
+    not a whole snapshot of the repository again (bench/README.md, "the runner's git cache").
 
-    def __init__(self, root: Path):
+    Borrowing and upkeep: a job holds a shared lock on `<repository>.use` from its checkout
+    until its workspace is emptied (`borrow`, `give_back`), and the lock file's time is when
+    a job last took it. `sweep` works only on what no job of the host borrows (an exclusive
+    lock, not waited for): it removes a repository unused for `max_age_s`, and one grown past
+    `max_bytes` or `_MAX_PACKS` packs keeps only its `_KEPT_COMMITS` newest commits.
+
+    The clone URL is never stored here (fetched by URL, without FETCH_HEAD): a URL with
+    credentials stays in the job's own workspace, as before."""
+
+    def __init__(self, root: Path, *, max_age_s: float, max_bytes: int):
         self.root = root
+        self.max_age_s = max_age_s
+        self.max_bytes = max_bytes
 
     def repository(self, clone_url: str) -> Path:
         return self.root / f"{hashlib.sha256(clone_url.encode()).hexdigest()[:32]}.git"
@@ -181,8 +201,27 @@ class GitCache:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
 
+    def borrow(self, repository: Path) -> int:
+        """Take the repository for a job's checkout: the returned descriptor holds a shared
+        lock that keeps `sweep` off it until `give_back`. Taken before the repository is
+        looked at, so that it cannot go between the look and the checkout."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(f"{repository}.use", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            os.utime(fd)  # when a job last used it (sweep's max_age_s)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+
+    @staticmethod
+    def give_back(fd: int) -> None:
+        os.close(fd)
+
     def fetch(self, clone_url: str, sha: str) -> Path:
-        """Make sure the cache has the commit; returns the repository. Raises GitError."""
+        """Make sure the cache has the commit; returns the repository. Raises GitError. The
+        caller borrows the repository first."""
         repository = self.repository(clone_url)
         with self._locked(repository):
             if not (repository / "HEAD").exists():
@@ -191,7 +230,7 @@ class GitCache:
             if present.returncode == 0:
                 return repository
             fetch = (*_NO_PRUNING, "-C", str(repository), "fetch", "--quiet", "--no-tags", "--no-write-fetch-head")
-            fetched = run_git(*fetch, "--depth", "1", clone_url, sha, check=False)
+            fetched = run_git(*fetch, "--depth", "1", clone_url, f"{sha}:{_KEPT_REFS}{sha}", check=False)
             if fetched.returncode != 0:
                 # Servers that refuse fetching by sha: fetch every branch and tag, then the
                 # checkout picks the commit.
@@ -205,6 +244,73 @@ class GitCache:
         shallow = repository / "shallow"
         if shallow.exists():
             shutil.copyfile(shallow, git_dir / "shallow")
+
+    def sweep(self) -> None:
+        """Upkeep of the repositories no job of the host borrows (see the class)."""
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if entry.name.endswith(_TRASH):  # what a sweep that was stopped left
+                shutil.rmtree(entry.path, ignore_errors=True)
+            elif entry.name.endswith(".git") and entry.is_dir(follow_symlinks=False):
+                try:
+                    self._keep_up(Path(entry.path))
+                except (OSError, GitError) as exc:
+                    logger.warning("git cache %s: upkeep failed: %s", entry.name, exc)
+
+    def _keep_up(self, repository: Path) -> None:
+        fd = os.open(f"{repository}.use", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # a job borrows it
+            if time.time() - os.fstat(fd).st_mtime > self.max_age_s:
+                # Renamed first: a sweep stopped halfway leaves no half-deleted repository.
+                trash = repository.with_name(f"{repository.name}.{secrets.token_hex(4)}{_TRASH}")
+                os.rename(repository, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+                logger.info("git cache: removed %s, unused for %.0f days", repository.name, self.max_age_s / 86400)
+                return
+            # Its newest commits' refs only: what a fetch names to the server as had.
+            self._keep_newest_commits(repository)
+            packs = [p for p in os.scandir(repository / "objects" / "pack") if p.name.endswith(".pack")]
+            size = _tree_bytes(repository / "objects")
+            if size <= self.max_bytes and len(packs) <= _MAX_PACKS:
+                return
+            # What those commits do not reach goes; nothing borrows the repository, so
+            # nothing reads it. One pack again.
+            run_git("-C", str(repository), "gc", "--quiet", "--prune=now")
+            logger.info(
+                "git cache: %s down to its %d newest commits: %d MB in %d packs before, %d MB after",
+                repository.name,
+                _KEPT_COMMITS,
+                size >> 20,
+                len(packs),
+                _tree_bytes(repository / "objects") >> 20,
+            )
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _keep_newest_commits(repository: Path) -> None:
+        listed = run_git(
+            "-C", str(repository), "for-each-ref", "--sort=-committerdate", "--format=%(refname)", _KEPT_REFS
+        )
+        old = listed.stdout.decode().split()[_KEPT_COMMITS:]
+        if old:
+            run_git("-C", str(repository), "update-ref", "--stdin", input="".join(f"delete {ref}\n" for ref in old))
+
+
+def _tree_bytes(path: Path) -> int:
+    total = 0
+    for directory, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(directory, name)).st_size
+    return total
 
 
 def _config_value(value: str) -> str:
@@ -257,7 +363,16 @@ class ShellExecutor:
         self.reporter = reporter
         self.builds_dir = Path(builds_dir or tempfile.gettempdir()) / "conveyor-builds"
         self.keep_workspace = keep_workspace
-        self.git_cache = GitCache(self.builds_dir.parent / "conveyor-git")
+        self.git_cache = GitCache(
+            self.builds_dir.parent / "conveyor-git",
+            max_age_s=settings.CONVEYOR_GIT_CACHE_DAYS * 86400,
+            max_bytes=settings.CONVEYOR_GIT_CACHE_MB << 20,
+        )
+        # The cache's repositories the jobs' checkouts borrow: job -> the descriptor that
+        # holds the borrow (GitCache.borrow), given back once the workspace is emptied.
+        self._borrowed: dict[str, int] = {}
+        self._sweeping = threading.Lock()
+        self._swept_at = -_SWEEP_EVERY_S
         self.guardian = ProcessGroupGuardian()
         self._job_groups: dict[str, list[tuple[int, str]]] = {}
         self._workspaces: dict[str, tuple[Path, int]] = {}
@@ -274,6 +389,22 @@ class ShellExecutor:
         self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shell-reports")
         # What a runner that died (killed, the host rebooted) left behind goes when the next starts.
         sweep_workspaces(self.builds_dir)
+        self._sweep_git_cache()
+
+    def _sweep_git_cache(self) -> None:
+        """The git cache's upkeep (GitCache.sweep), at most once per _SWEEP_EVERY_S, in a thread
+        of its own: no job waits for it."""
+        if time.monotonic() - self._swept_at < _SWEEP_EVERY_S or not self._sweeping.acquire(blocking=False):
+            return
+        self._swept_at = time.monotonic()
+
+        def sweep() -> None:
+            try:
+                self.git_cache.sweep()
+            finally:
+                self._sweeping.release()
+
+        threading.Thread(target=sweep, name="git-cache-sweep", daemon=True).start()
 
     def run(self, job: ClaimedJob, stop: threading.Event) -> JobResult:
         """Run the job in a fresh workspace. The workspace stays (locked) until cleanup(job):
@@ -318,6 +449,10 @@ class ShellExecutor:
         workspace, fd = held
         if not self._recycle(workspace, fd):
             _remove(workspace, fd)
+        borrowed = self._borrowed.pop(job.id, None)
+        if borrowed is not None:  # the workspace reads the git cache no more
+            self.git_cache.give_back(borrowed)
+        self._sweep_git_cache()
 
     def _recycle(self, workspace: Path, fd: int) -> bool:
         """Bring a finished job's workspace back to what a fresh one holds before its checkout
@@ -461,6 +596,7 @@ class ShellExecutor:
             config.write(f'[remote "origin"]\n\turl = {_config_value(job.clone_url)}\n')
             config.write("\tfetch = +refs/heads/*:refs/remotes/origin/*\n")
         repository = self.git_cache.repository(job.clone_url)
+        self._borrowed[job.id] = self.git_cache.borrow(repository)
         checkout = ("-C", str(project), "checkout", "--quiet", "--detach", job.commit_sha)
         if (repository / "HEAD").exists():
             # Cached already (the usual case): no lock, no fetch, no round trip. The first

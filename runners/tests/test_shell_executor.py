@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from runners.executors.shell import ShellExecutor, _lock_workspace
+from runners.executors.shell import _KEPT_COMMITS, _KEPT_REFS, _TRASH, GitCache, ShellExecutor, _lock_workspace
 from runners.tests.recording import RecordingReporter, claimed_job
 
 
@@ -343,3 +343,105 @@ def test_a_checkout_that_fetches_ships_its_first_line_while_git_works(executor, 
 
     assert reporter.calls[0] == ("log", "s0")
     assert reporter.logs["s0"][0][1].startswith(f"Fetching {repo[1][:12]} (main)")
+
+
+def _bytes_under(path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def test_a_new_commit_brings_only_what_it_changed_into_the_host_cache(executor, make_git_repo, tmp_path):
+    # More than 100 objects: git keeps a fetch of them as a pack, as it is.
+    path, first = make_git_repo({f"data/{i}.txt": os.urandom(3000).hex() for i in range(150)})
+    assert run(executor, (path, first), [("script", "true")]).status == "SUCCESS"
+    cache = tmp_path / "builds" / "conveyor-git"
+    one_snapshot = _bytes_under(cache)
+    path, second = make_git_repo({"data/0.txt": "changed\n"}, path=path, message="second")
+    executor.reporter = RecordingReporter()
+
+    result = run(executor, (path, second), [("script", "cat data/0.txt; wc -c < data/1.txt")])
+
+    assert result.status == "SUCCESS", result.reason
+    assert executor.reporter.log_of("s0").splitlines()[-2:] == ["changed", "6000"]
+    grown = _bytes_under(cache) - one_snapshot
+    assert grown < one_snapshot / 10, f"the second commit added {grown} bytes to a cache of {one_snapshot}"
+
+
+def _cache(tmp_path, **limits) -> GitCache:
+    return GitCache(tmp_path / "conveyor-git", **{"max_age_s": 3600.0, "max_bytes": 1 << 30, **limits})
+
+
+def _cached(cache: GitCache, path, sha):
+    """The repository of `path` in the cache, with `sha` fetched, as a job's checkout leaves it."""
+    repository = cache.repository(str(path))
+    borrowed = cache.borrow(repository)
+    try:
+        cache.fetch(str(path), sha)
+    finally:
+        cache.give_back(borrowed)
+    return repository
+
+
+def test_the_sweep_removes_a_cached_repository_no_job_used_for_its_max_age(make_git_repo, tmp_path):
+    cache = _cache(tmp_path, max_age_s=3600.0)
+    unused = _cached(cache, *make_git_repo({"a.txt": "unused\n"}))
+    _aged(f"{unused}.use", 2 * 3600)
+    recent = _cached(cache, *make_git_repo({"b.txt": "recent\n"}))
+
+    cache.sweep()
+
+    assert not unused.exists()
+    assert recent.exists()
+    assert list(cache.root.glob(f"*{_TRASH}")) == []
+
+
+def test_the_sweep_leaves_a_repository_a_job_borrows_however_old(make_git_repo, tmp_path):
+    cache = _cache(tmp_path, max_age_s=3600.0)
+    repository = _cached(cache, *make_git_repo({"a.txt": "1\n"}))
+    borrowed = cache.borrow(repository)
+    _aged(f"{repository}.use", 2 * 3600)
+
+    cache.sweep()
+    assert repository.exists(), "a repository a job checked out from was removed under it"
+
+    cache.give_back(borrowed)
+    cache.sweep()
+    assert not repository.exists()
+
+
+def test_an_oversized_cached_repository_keeps_only_its_newest_commits(make_git_repo, tmp_path):
+    cache = _cache(tmp_path, max_bytes=1)  # every repository is past it
+    path, shas = None, []
+    for i in range(_KEPT_COMMITS + 4):
+        path, sha = make_git_repo({"big.txt": os.urandom(20000).hex()}, path=path, message=f"commit {i}")
+        shas.append(sha)
+        repository = _cached(cache, path, sha)
+    before = _bytes_under(repository / "objects")
+
+    cache.sweep()
+
+    kept = {
+        ref.rsplit("/", 1)[1] for ref in _git("for-each-ref", "--format=%(refname)", _KEPT_REFS, cwd=repository).split()
+    }
+    assert len(kept) == _KEPT_COMMITS and kept <= set(shas)
+    present = {sha for sha in shas if subprocess.run(["git", "cat-file", "-e", sha], cwd=repository).returncode == 0}
+    assert present == kept, "the sweep kept commits it has no ref for, or lost ones it has"
+    assert _bytes_under(repository / "objects") < before
+    assert len(list((repository / "objects" / "pack").glob("*.pack"))) == 1
+
+
+def test_a_jobs_checkout_keeps_the_sweep_off_its_cached_repository_until_cleanup(
+    reporter, make_git_repo, tmp_path, settings
+):
+    settings.CONVEYOR_GIT_CACHE_DAYS = 0  # any repository no job borrows is old enough to go
+    executor = ShellExecutor(reporter=reporter, builds_dir=tmp_path / "builds")
+    path, sha = make_git_repo({"a.txt": "1\n"})
+    job = claimed_job(clone_url=str(path), commit_sha=sha, steps=[("script", "true")])
+    reporter.complete(job, executor.run(job, threading.Event()))
+    repository = executor.git_cache.repository(str(path))
+
+    executor.git_cache.sweep()
+    assert repository.exists(), "the sweep removed the repository of a job whose workspace is still there"
+
+    executor.cleanup(job)
+    executor.git_cache.sweep()
+    assert not repository.exists()
