@@ -274,6 +274,11 @@ LOGGING = {
 # truncation notice in between; the job itself goes on unaffected.
 CONVEYOR_MAX_LOG_BYTES_PER_JOB = env_int("CONVEYOR_MAX_LOG_BYTES_PER_JOB", 100 * 1024 * 1024, minimum=64 * 1024)
 CONVEYOR_LOG_TAIL_BYTES = env_int("CONVEYOR_LOG_TAIL_BYTES", 1024 * 1024, minimum=1024)
+# Retention: a job's log chunks are deleted this many days after the job finished (nightly,
+# at CONVEYOR_ARTIFACTS_CLEANUP_HOUR; 0 keeps logs for good). The job keeps its log's sizes and
+# its pages say the log expired. Jobs per transaction of the expiry:
+CONVEYOR_LOG_RETENTION_DAYS = env_int("CONVEYOR_LOG_RETENTION_DAYS", 90, minimum=0)
+CONVEYOR_LOG_EXPIRE_BATCH = env_int("CONVEYOR_LOG_EXPIRE_BATCH", 200, minimum=1)
 if CONVEYOR_LOG_TAIL_BYTES >= CONVEYOR_MAX_LOG_BYTES_PER_JOB:
     from django.core.exceptions import ImproperlyConfigured
 
@@ -436,6 +441,10 @@ from celery.schedules import crontab  # noqa: E402
 CELERY_BEAT_SCHEDULE["artifacts-cleanup"] = {
     "task": "artifacts.tasks.cleanup_expired",
     "schedule": crontab(hour=CONVEYOR_ARTIFACTS_CLEANUP_HOUR, minute=17),
+}
+CELERY_BEAT_SCHEDULE["logs-expire"] = {
+    "task": "logs.tasks.expire_logs",
+    "schedule": crontab(hour=CONVEYOR_ARTIFACTS_CLEANUP_HOUR, minute=37),
 }
 CELERY_BEAT_SCHEDULE["artifacts-storage-deletions"] = {
     "task": "artifacts.tasks.drain_storage_deletions",

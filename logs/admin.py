@@ -31,13 +31,13 @@ class StepLogAdmin(ReadOnlyAdmin):
 
 @admin.register(JobLog)
 class JobLogAdmin(ReadOnlyAdmin):
-    """How much log each job stored, and how much its size limit dropped."""
+    """How much log each job stored, how much its size limit dropped, and when retention deleted it."""
 
-    list_display = ("job", "stored_bytes", "omitted_bytes", "truncated")
+    list_display = ("job", "stored_bytes", "omitted_bytes", "truncated", "expired_at")
     list_select_related = ("job",)
     show_full_result_count = False
     raw_id_fields = ("job", "tail_step")
-    readonly_fields = ("job", "stored_bytes", "omitted_bytes", "head_bytes", "tail_step", "tail_offset")
+    readonly_fields = ("job", "stored_bytes", "omitted_bytes", "head_bytes", "tail_step", "tail_offset", "expired_at")
 
     @admin.display(boolean=True, description="Truncated")
     def truncated(self, job_log: JobLog) -> bool:

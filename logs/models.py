@@ -62,6 +62,16 @@ class JobLog(models.Model):
     # The oldest chunk of the rotating tail (the last CONVEYOR_LOG_TAIL_BYTES): dropped first.
     tail_step = models.ForeignKey("runs.Step", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     tail_offset = models.BigIntegerField(null=True, blank=True)
+    # When the log's chunks were deleted by retention (CONVEYOR_LOG_RETENTION_DAYS,
+    # logs.services.logs_expire); its sizes stay, and pages say the log expired.
+    expired_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # The nightly expiry walks the logs not expired yet (the last CONVEYOR_LOG_RETENTION_DAYS
+            # of jobs), never the ever-growing rest.
+            models.Index(fields=["job"], name="joblog_unexpired_idx", condition=models.Q(expired_at__isnull=True)),
+        ]
 
     def __str__(self) -> str:
         return f"log of {self.job_id}: {self.stored_bytes} bytes"

@@ -9,7 +9,7 @@ from django.db.models import Subquery, Sum, Value
 from django.db.models.functions import Coalesce, Length, Replace
 
 from cicd.db import prepared_cursor
-from logs.models import LogChunkKind, StepLog
+from logs.models import JobLog, LogChunkKind, StepLog
 from pipelines.models import Repository
 from pipelines.permissions import can_view
 from runs.models import Job, PipelineRun, Step
@@ -53,6 +53,14 @@ def job_masked_values(*, job_id: Any) -> list[str]:
     from pipelines.variables import masked_values_of_job
 
     return masked_values_of_job(job_id=job_id)
+
+
+# --- Retention.
+
+
+def log_expired_at(*, job_id: Any):
+    """When the job's log was deleted by retention (logs.services.logs_expire), or None."""
+    return JobLog.objects.filter(pk=job_id).values_list("expired_at", flat=True).first()
 
 
 # --- Offsets and history.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -32,7 +33,7 @@ from logs import events
 from logs.masking import MASK, Masker, maskable
 from logs.models import JobLog, LogChunkKind, StepLog
 from logs.selectors import run_status_snapshot, step_status_snapshot
-from runs.models import Step
+from runs.models import JobStatus, Step
 
 logger = logging.getLogger(__name__)
 
@@ -313,3 +314,32 @@ def _publish_run_status(run_id: Any) -> None:
     snapshot = run_status_snapshot(run_id=run_id)
     if snapshot is not None:
         events.publish(events.run_group(run_id), {"type": events.RUN_STATUS, **snapshot})
+
+
+def logs_expire(*, now: datetime | None = None) -> int:
+    """Retention (nightly, logs.tasks.expire_logs): delete the chunks of the logs of jobs that
+    finished more than CONVEYOR_LOG_RETENTION_DAYS ago. Each job's JobLog stays, marked
+    `expired_at`, so that its pages say the log expired rather than that there was none.
+    Returns how many jobs' logs expired. CONVEYOR_LOG_EXPIRE_BATCH jobs per transaction; two
+    runs at once share the work (SKIP LOCKED)."""
+    days = settings.CONVEYOR_LOG_RETENTION_DAYS
+    if not days:
+        return 0
+    now = now or timezone.now()
+    expiring = JobLog.objects.filter(
+        expired_at__isnull=True, job__finished_at__lt=now - timedelta(days=days), job__status__in=JobStatus.TERMINAL
+    )
+    expired = 0
+    while True:
+        with transaction.atomic():
+            job_ids = list(
+                expiring.select_for_update(skip_locked=True, of=("self",)).values_list("job_id", flat=True)[
+                    : settings.CONVEYOR_LOG_EXPIRE_BATCH
+                ]
+            )
+            if not job_ids:
+                return expired
+            # Through the (step, offset) unique index; nothing refers to a chunk.
+            StepLog.objects.filter(step__job_id__in=job_ids).delete()
+            JobLog.objects.filter(job_id__in=job_ids).update(expired_at=now)
+        expired += len(job_ids)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -14,8 +14,15 @@ from django.shortcuts import render
 from django.utils.safestring import mark_safe
 
 from logs.rendering import render_log
-from logs.selectors import job_for_viewer, log_chunks_from, log_chunks_iter, log_tail_start, step_for_viewer
-from runs.models import Step, StepStatus
+from logs.selectors import (
+    job_for_viewer,
+    log_chunks_from,
+    log_chunks_iter,
+    log_expired_at,
+    log_tail_start,
+    step_for_viewer,
+)
+from runs.models import Job, Step, StepStatus
 
 RAW_BATCH = 64  # chunks per database read while streaming a raw log
 
@@ -25,15 +32,22 @@ def job_log(request: HttpRequest, job_id) -> HttpResponse:
     job = job_for_viewer(user=request.user, job_id=job_id)
     if job is None:
         raise Http404("No such job")
-    steps = [_step_view(step) for step in Step.objects.filter(job=job).order_by("index")]
-    return render(request, "logs/job_log.html", {"job": job, "run": job.run, "steps": steps})
+    steps = Step.objects.filter(job=job).order_by("index")
+    return render(request, "logs/job_log.html", {"job": job, "run": job.run, **job_log_context(job, steps)})
 
 
-def _step_view(step: Step) -> dict[str, Any]:
+def job_log_context(job: Job, steps: Iterable[Step]) -> dict[str, Any]:
+    """What logs/_job_log.html shows of a job: its steps' logs, or when retention deleted them."""
+    expired_at = log_expired_at(job_id=job.pk)
+    return {"steps": [_step_view(step, expired=expired_at is not None) for step in steps], "log_expired_at": expired_at}
+
+
+def _step_view(step: Step, *, expired: bool = False) -> dict[str, Any]:
     """A finished step is rendered here (its tail if it is long); a pending or running one is
     left to the browser, which follows it over the WebSocket."""
     view: dict[str, Any] = {"step": step, "prefix": f"s{step.index}-L", "live": step.status not in StepStatus.TERMINAL}
-    if view["live"]:
+    if view["live"] or expired:
+        view["expired"] = expired
         return view
     start, lines_before, bytes_before = log_tail_start(
         step_id=step.pk, max_bytes=settings.CONVEYOR_LOG_RENDER_MAX_BYTES
@@ -55,6 +69,9 @@ def step_log_raw(request: HttpRequest, step_id) -> StreamingHttpResponse:
     step = step_for_viewer(user=request.user, step_id=step_id)
     if step is None:
         raise Http404("No such step")
+    expired_at = log_expired_at(job_id=step.job_id)
+    if expired_at is not None:
+        return _expired_response(expired_at)
     return _raw_response(request, [step.pk], filename=f"step-{step.pk}.log")
 
 
@@ -64,8 +81,21 @@ def job_log_raw(request: HttpRequest, job_id) -> StreamingHttpResponse:
     job = job_for_viewer(user=request.user, job_id=job_id)
     if job is None:
         raise Http404("No such job")
+    expired_at = log_expired_at(job_id=job.pk)
+    if expired_at is not None:
+        return _expired_response(expired_at)
     step_ids = list(Step.objects.filter(job=job).order_by("index").values_list("pk", flat=True))
     return _raw_response(request, step_ids, filename=f"job-{job.pk}.log")
+
+
+def expired_message(expired_at) -> str:
+    return f"This log expired: log retention deleted it on {expired_at:%Y-%m-%d} (CONVEYOR_LOG_RETENTION_DAYS)."
+
+
+def _expired_response(expired_at) -> HttpResponse:
+    response = HttpResponse(f"{expired_message(expired_at)}\n", status=410, content_type="text/plain; charset=utf-8")
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 def _raw_response(request: HttpRequest, step_ids: list, *, filename: str) -> StreamingHttpResponse:

@@ -12,6 +12,7 @@ import fcntl
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +52,9 @@ def git_env() -> dict[str, str]:
 
 
 def run_git(
-    *args: str, cwd: Path | None = None, check: bool = True, input: str | None = None
+    *args: str, cwd: Path | None = None, check: bool = True, input: str | None = None, pass_fds: tuple[int, ...] = ()
 ) -> subprocess.CompletedProcess[bytes]:
+    """`pass_fds`: descriptors git and its own children inherit (a lock they must hold too)."""
     try:
         result = subprocess.run(
             ["git", *args],
@@ -62,6 +64,7 @@ def run_git(
             capture_output=True,
             timeout=GIT_TIMEOUT_S,
             check=False,
+            pass_fds=pass_fds,
         )
     except subprocess.TimeoutExpired:
         raise GitError(f"git {args[0]} timed out after {GIT_TIMEOUT_S}s") from None
@@ -77,12 +80,26 @@ def mirror_path(repository_id: int) -> Path:
 
 
 @contextlib.contextmanager
-def _mirror_lock(path: Path) -> Iterator[None]:
-    # Two webhooks for one repository must not fetch into the same mirror at once.
+def _mirror_lock(path: Path) -> Iterator[int]:
+    """Two fetches into one mirror (two webhooks of a repository) go one after the other.
+
+    Yields the lock's descriptor, which the fetch's git processes inherit (run_git's pass_fds):
+    the lock is held until the last of them exits. A Celery worker killed mid-fetch leaves its
+    git running, and a second fetch beside it would write the same objects (two fetches over
+    git's dumb HTTP protocol write an object through the same temporary file, and the mirror
+    ends up with a corrupt one). Waited for at most GIT_TIMEOUT_S."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{path}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+        deadline = time.monotonic() + GIT_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise GitError(f"another fetch of this repository still runs after {GIT_TIMEOUT_S}s") from None
+                time.sleep(0.05)
+        yield handle.fileno()
 
 
 def validate_ref(ref: str) -> str:
@@ -107,25 +124,15 @@ def mirror_fetch(*, repository_id: int, clone_url: str, extra_refs: tuple[str, .
         if not ref.startswith("refs/") or run_git("check-ref-format", ref, check=False).returncode != 0:
             raise GitError(f"invalid ref {ref!r}")
     path = mirror_path(repository_id)
-    with _mirror_lock(path):
+    with _mirror_lock(path) as lock:
         if not (path / "HEAD").exists():
             run_git("init", "--quiet", "--bare", str(path))
         run_git("-C", str(path), "config", "remote.origin.url", clone_url)
-        run_git(
-            "-C",
-            str(path),
-            "fetch",
-            "--quiet",
-            "--prune",
-            "--force",
-            "--no-tags",
-            "origin",
-            "+refs/heads/*:refs/heads/*",
-            "+refs/tags/*:refs/tags/*",
-        )
+        fetch = ("-C", str(path), "fetch", "--quiet", "--force", "--no-tags")
+        run_git(*fetch, "--prune", "origin", "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*", pass_fds=(lock,))
         for ref in extra_refs:
             # Best effort: not every server keeps such refs, and the commit may be on a branch anyway.
-            run_git("-C", str(path), "fetch", "--quiet", "--force", "--no-tags", "origin", f"+{ref}:{ref}", check=False)
+            run_git(*fetch, "origin", f"+{ref}:{ref}", check=False, pass_fds=(lock,))
     return path
 
 

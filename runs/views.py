@@ -26,7 +26,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from artifacts.selectors import job_artifacts, job_test_report, run_artifacts, run_test_summary
 from logs.selectors import job_for_viewer
-from logs.views import _step_view
+from logs.views import job_log_context
 from pipelines.models import Repository, Trigger
 from pipelines.permissions import can_run, can_view_badge, visible_repositories
 from runs import actions
@@ -198,7 +198,7 @@ def job_detail(request: HttpRequest, job_id: Any) -> HttpResponse:
         "run": job.run,
         "repository": job.run.pipeline.repository,
         "step_rows": steps,
-        "steps": [_step_view(step) for step in steps],
+        **job_log_context(job, steps),
         "duration_s": duration_s(job.started_at, job.finished_at, now=now),
         "artifacts": job_artifacts(job=job),
         "test_report": job_test_report(job=job),

@@ -13,11 +13,12 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from logs.selectors import log_chunks_from
+from logs.selectors import log_chunks_from, log_expired_at
+from logs.views import expired_message
 from pipelines import services as pipeline_services
 from pipelines.models import Pipeline
 from pipelines.permissions import (
@@ -207,8 +208,21 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         from logs.views import _raw_response
 
         job = self.get_object()
+        _refuse_expired_log(job.pk)
         step_ids = list(Step.objects.filter(job=job).order_by("index").values_list("pk", flat=True))
         return _raw_response(request._request, step_ids, filename=f"job-{job.pk}.log")
+
+
+class LogExpired(APIException):
+    status_code = 410
+    default_code = "log_expired"
+
+
+def _refuse_expired_log(job_id: Any) -> None:
+    """410 Gone for a log that retention deleted (CONVEYOR_LOG_RETENTION_DAYS)."""
+    expired_at = log_expired_at(job_id=job_id)
+    if expired_at is not None:
+        raise LogExpired(expired_message(expired_at))
 
 
 @extend_schema_view(
@@ -237,6 +251,7 @@ class StepViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         """The step's log from `offset` on, as text. `X-Log-End` is the offset to ask for next;
         `X-Log-Complete: true` once the step is finished and everything was sent."""
         step = self.get_object()
+        _refuse_expired_log(step.job_id)
         try:
             offset = int(request.query_params.get("offset", "0"))
         except ValueError:

@@ -75,9 +75,10 @@ def test_the_page_query_count_does_not_grow_with_the_log(staff, running, django_
     Step.objects.filter(pk=running.step.pk).update(status=StepStatus.SUCCESS)
     client = client_for(staff)
 
-    # Session, user, job (with run and repository), steps; then for the finished step: where its
-    # tail starts (the whole log fits) and its chunks. The running step costs nothing here.
-    with django_assert_num_queries(4 + 2):
+    # Session, user, job (with run and repository), steps, whether the log expired; then for the
+    # finished step: where its tail starts (the whole log fits) and its chunks. The running step
+    # costs nothing here.
+    with django_assert_num_queries(5 + 2):
         assert client.get(reverse("logs:job", args=[running.job.pk])).status_code == 200
 
 

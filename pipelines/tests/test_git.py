@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +72,42 @@ def test_paths_escaping_the_repository_are_refused(make_git_repo, mirrors):
     mirror = git.mirror_fetch(repository_id=1, clone_url=str(repo))
     with pytest.raises(git.GitError, match="invalid path"):
         git.read_file(mirror=mirror, sha=sha, path="../secrets", max_bytes=100)
+
+
+def test_a_fetch_whose_worker_was_killed_keeps_the_mirror_locked_until_its_git_exits(
+    make_git_repo, mirrors, settings, monkeypatch
+):
+    """A Celery worker killed mid-fetch leaves its git running. A second fetch into the mirror
+    waits for that git to end rather than write the same objects beside it (over git's dumb
+    HTTP protocol, through the same temporary files: a corrupt object)."""
+    from tests.fault_servers import StallingGitServer
+    from tests.test_runner_e2e import wait_until
+
+    repo, sha = make_git_repo({"a.txt": "1\n"})
+    forge = StallingGitServer(repo)  # holds every request until told
+    code = "import os, django; django.setup(); from pipelines.git import mirror_fetch; "
+    code += "mirror_fetch(repository_id=1, clone_url=os.environ['FORGE'])"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "cicd.settings",
+        "CONVEYOR_MIRRORS_DIR": str(settings.CONVEYOR_MIRRORS_DIR),
+        "FORGE": forge.url,
+    }
+    try:
+        worker = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[2], env=env)
+        wait_until(lambda: forge.requests, what="the worker's git to ask the forge")
+        worker.kill()
+        worker.wait()
+
+        monkeypatch.setattr(git, "GIT_TIMEOUT_S", 1)
+        with pytest.raises(git.GitError, match="another fetch of this repository still runs"):
+            git.mirror_fetch(repository_id=1, clone_url=forge.url)
+
+        forge.stalled.clear()  # the dead worker's git goes on, and ends
+        monkeypatch.setattr(git, "GIT_TIMEOUT_S", 60)
+        mirror = git.mirror_fetch(repository_id=1, clone_url=forge.url)
+    finally:
+        forge.close()
+
+    assert git.resolve_ref(mirror=mirror, ref="main") == (sha, False)
+    assert subprocess.run(["git", "-C", str(mirror), "fsck", "--no-dangling"], capture_output=True).returncode == 0

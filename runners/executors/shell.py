@@ -252,13 +252,13 @@ class GitCache:
         except FileNotFoundError:
             return
         for entry in entries:
-            if entry.name.endswith(_TRASH):  # what a sweep that was stopped left
-                shutil.rmtree(entry.path, ignore_errors=True)
-            elif entry.name.endswith(".git") and entry.is_dir(follow_symlinks=False):
-                try:
+            try:
+                if entry.name.endswith(_TRASH):  # what a sweep that was stopped left
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                elif entry.name.endswith(".git") and entry.is_dir(follow_symlinks=False):
                     self._keep_up(Path(entry.path))
-                except (OSError, GitError) as exc:
-                    logger.warning("git cache %s: upkeep failed: %s", entry.name, exc)
+            except (OSError, GitError) as exc:
+                logger.warning("git cache %s: upkeep failed: %s", entry.name, exc)
 
     def _keep_up(self, repository: Path) -> None:
         fd = os.open(f"{repository}.use", os.O_RDWR | os.O_CREAT, 0o600)

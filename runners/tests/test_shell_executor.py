@@ -386,6 +386,8 @@ def test_the_sweep_removes_a_cached_repository_no_job_used_for_its_max_age(make_
     unused = _cached(cache, *make_git_repo({"a.txt": "unused\n"}))
     _aged(f"{unused}.use", 2 * 3600)
     recent = _cached(cache, *make_git_repo({"b.txt": "recent\n"}))
+    stopped_halfway = cache.root / f"{unused.name}.0a1b2c3d{_TRASH}"  # a sweep's, killed while removing
+    (stopped_halfway / "objects").mkdir(parents=True)
 
     cache.sweep()
 
