@@ -228,7 +228,7 @@ CONVEYOR_FAIR_SHARE_STEP_S = env_float("CONVEYOR_FAIR_SHARE_STEP_S", 10.0, minim
 # Where the shell executor makes job workspaces.
 CONVEYOR_BUILDS_DIR = env_str("CONVEYOR_BUILDS_DIR", str(embedded.var_dir() / "builds"))
 # The shell executor's git cache (beside the builds directory): a cached repository no job
-# used for this many days is removed; one grown past this many MB keeps only its newest commits.
+# used for this many days is removed; one grown past this many MB keeps only the commits fetched last.
 CONVEYOR_GIT_CACHE_DAYS = env_float("CONVEYOR_GIT_CACHE_DAYS", 7.0, minimum=0.0)
 CONVEYOR_GIT_CACHE_MB = env_int("CONVEYOR_GIT_CACHE_MB", 4096, minimum=1)
 

@@ -179,7 +179,7 @@ class GitCache:
     until its workspace is emptied (`borrow`, `give_back`), and the lock file's time is when
     a job last took it. `sweep` works only on what no job of the host borrows (an exclusive
     lock, not waited for): it removes a repository unused for `max_age_s`, and one grown past
-    `max_bytes` or `_MAX_PACKS` packs keeps only its `_KEPT_COMMITS` newest commits.
+    `max_bytes` or `_MAX_PACKS` packs keeps only the `_KEPT_COMMITS` commits fetched last.
 
     The clone URL is never stored here (fetched by URL, without FETCH_HEAD): a URL with
     credentials stays in the job's own workspace, as before."""
@@ -235,6 +235,10 @@ class GitCache:
                 # Servers that refuse fetching by sha: fetch every branch and tag, then the
                 # checkout picks the commit.
                 run_git(*fetch, clone_url, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
+            elif _loose_refs(repository / _KEPT_REFS) > 2 * _KEPT_COMMITS:
+                # Every ref is named to the server at each fetch: with 200 of them a fetch of a
+                # small repository took 26 ms instead of 19; with 16 to 32, 17.6 against 15.9.
+                self._keep_last_fetched(repository)
         return repository
 
     def lend(self, repository: Path, git_dir: Path) -> None:
@@ -274,8 +278,8 @@ class GitCache:
                 shutil.rmtree(trash, ignore_errors=True)
                 logger.info("git cache: removed %s, unused for %.0f days", repository.name, self.max_age_s / 86400)
                 return
-            # Its newest commits' refs only: what a fetch names to the server as had.
-            self._keep_newest_commits(repository)
+            # The refs of the commits fetched last only: what a fetch names to the server as had.
+            self._keep_last_fetched(repository)
             packs = [p for p in os.scandir(repository / "objects" / "pack") if p.name.endswith(".pack")]
             size = _tree_bytes(repository / "objects")
             if size <= self.max_bytes and len(packs) <= _MAX_PACKS:
@@ -284,7 +288,7 @@ class GitCache:
             # nothing reads it. One pack again.
             run_git("-C", str(repository), "gc", "--quiet", "--prune=now")
             logger.info(
-                "git cache: %s down to its %d newest commits: %d MB in %d packs before, %d MB after",
+                "git cache: %s down to the %d commits fetched last: %d MB in %d packs before, %d MB after",
                 repository.name,
                 _KEPT_COMMITS,
                 size >> 20,
@@ -295,13 +299,27 @@ class GitCache:
             os.close(fd)
 
     @staticmethod
-    def _keep_newest_commits(repository: Path) -> None:
-        listed = run_git(
-            "-C", str(repository), "for-each-ref", "--sort=-committerdate", "--format=%(refname)", _KEPT_REFS
-        )
-        old = listed.stdout.decode().split()[_KEPT_COMMITS:]
+    def _keep_last_fetched(repository: Path) -> None:
+        """Drop the refs of all but the _KEPT_COMMITS commits fetched last (by their loose ref's
+        time; refs packed by a gc are older than any loose one)."""
+        listed = run_git("-C", str(repository), "for-each-ref", "--format=%(refname)", _KEPT_REFS)
+
+        def fetched_at(ref: str) -> int:
+            try:
+                return os.stat(repository / ref).st_mtime_ns
+            except FileNotFoundError:
+                return 0
+
+        old = sorted(listed.stdout.decode().split(), key=fetched_at, reverse=True)[_KEPT_COMMITS:]
         if old:
             run_git("-C", str(repository), "update-ref", "--stdin", input="".join(f"delete {ref}\n" for ref in old))
+
+
+def _loose_refs(directory: Path) -> int:
+    try:
+        return len(os.listdir(directory))
+    except FileNotFoundError:
+        return 0
 
 
 def _tree_bytes(path: Path) -> int:

@@ -410,7 +410,7 @@ def test_the_sweep_leaves_a_repository_a_job_borrows_however_old(make_git_repo, 
     assert not repository.exists()
 
 
-def test_an_oversized_cached_repository_keeps_only_its_newest_commits(make_git_repo, tmp_path):
+def test_an_oversized_cached_repository_keeps_only_the_commits_it_fetched_last(make_git_repo, tmp_path):
     cache = _cache(tmp_path, max_bytes=1)  # every repository is past it
     path, shas = None, []
     for i in range(_KEPT_COMMITS + 4):
@@ -424,7 +424,7 @@ def test_an_oversized_cached_repository_keeps_only_its_newest_commits(make_git_r
     kept = {
         ref.rsplit("/", 1)[1] for ref in _git("for-each-ref", "--format=%(refname)", _KEPT_REFS, cwd=repository).split()
     }
-    assert len(kept) == _KEPT_COMMITS and kept <= set(shas)
+    assert kept == set(shas[-_KEPT_COMMITS:])
     present = {sha for sha in shas if subprocess.run(["git", "cat-file", "-e", sha], cwd=repository).returncode == 0}
     assert present == kept, "the sweep kept commits it has no ref for, or lost ones it has"
     assert _bytes_under(repository / "objects") < before
@@ -447,3 +447,16 @@ def test_a_jobs_checkout_keeps_the_sweep_off_its_cached_repository_until_cleanup
     executor.cleanup(job)
     executor.git_cache.sweep()
     assert not repository.exists()
+
+
+def test_a_cached_repository_names_no_more_than_twice_its_kept_commits_at_a_fetch(make_git_repo, tmp_path):
+    cache = _cache(tmp_path)
+    path, shas = None, []
+    for i in range(2 * _KEPT_COMMITS + 1):
+        path, sha = make_git_repo({"a.txt": f"{i}\n"}, path=path, message=f"commit {i}")
+        shas.append(sha)
+        repository = _cached(cache, path, sha)
+
+    refs = _git("for-each-ref", "--format=%(refname)", _KEPT_REFS, cwd=repository).split()
+    assert len(refs) == _KEPT_COMMITS
+    assert f"{_KEPT_REFS}{shas[-1]}" in refs
