@@ -131,11 +131,17 @@ def mirror_fetch(*, repository_id: int, clone_url: str, extra_refs: tuple[str, .
         if not (path / "HEAD").exists():
             run_git("init", "--quiet", "--bare", str(path))
         run_git("-C", str(path), "config", "remote.origin.url", clone_url)
-        fetch = ("-C", str(path), "fetch", "--quiet", "--force", "--no-tags")
-        run_git(*fetch, "--prune", "origin", "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*", pass_fds=(lock,))
+        # No automatic gc inside the fetch: it would go on in the background holding the lock
+        # (see _mirror_lock), and the next webhook of the repository would wait for it.
+        fetch = ("-C", str(path), "-c", "gc.auto=0", "-c", "maintenance.auto=false", "fetch", "--quiet", "--force")
+        refspecs = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
+        run_git(*fetch, "--no-tags", "--prune", "origin", *refspecs, pass_fds=(lock,))
         for ref in extra_refs:
             # Best effort: not every server keeps such refs, and the commit may be on a branch anyway.
-            run_git(*fetch, "origin", f"+{ref}:{ref}", check=False, pass_fds=(lock,))
+            run_git(*fetch, "--no-tags", "origin", f"+{ref}:{ref}", check=False, pass_fds=(lock,))
+        # The gc the fetch would have started, when the mirror needs one: in the background
+        # as before, without the lock (git keeps a gc and later fetches apart itself).
+        run_git("-C", str(path), "gc", "--auto", "--quiet", check=False)
     return path
 
 
