@@ -29,10 +29,6 @@ def _git(*args: str, cwd: Path) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def _bytes_under(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def _commit(source: Path, message: str) -> str:
     _git("add", "-A", cwd=source)
     _git("-c", "user.name=bench", "-c", "user.email=bench@example.test", "commit", "--quiet", "-m", message, cwd=source)
@@ -40,7 +36,7 @@ def _commit(source: Path, message: str) -> str:
 
 
 def new_commits(*, files: int, commits: int, file_kb: int = 8) -> list[dict[str, object]]:
-    from runners.executors.shell import _NO_PRUNING, GitCache
+    from runners.executors.shell import _NO_PRUNING, GitCache, _tree_bytes
 
     root = Path(tempfile.mkdtemp(prefix="conveyor-bench-git-"))
     try:
@@ -61,15 +57,15 @@ def new_commits(*, files: int, commits: int, file_kb: int = 8) -> list[dict[str,
             (source / f"f{n % files:05}.txt").write_text(os.urandom(file_kb * 512).hex())
             sha = _commit(source, f"change {n}")
             for name in ("cache", "snapshot") if n % 2 == 0 else ("snapshot", "cache"):
-                before = _bytes_under(objects[name])
+                before = _tree_bytes(objects[name])
                 started = time.perf_counter()
                 if name == "cache":
                     cache.fetch(str(source), sha)
                 else:
                     fetch = ("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--depth", "1")
                     _git(*_NO_PRUNING, *fetch, str(source), sha, cwd=snapshots)
-                samples[name].append((time.perf_counter() - started, _bytes_under(objects[name]) - before))
-        size_mb = round(_bytes_under(source) / 2**20 - _bytes_under(source / ".git") / 2**20, 1)
+                samples[name].append((time.perf_counter() - started, _tree_bytes(objects[name]) - before))
+        size_mb = round(_tree_bytes(source) / 2**20 - _tree_bytes(source / ".git") / 2**20, 1)
         return [_row(name, samples[name], size_mb) for name in ("cache", "snapshot")]
     finally:
         shutil.rmtree(root, ignore_errors=True)

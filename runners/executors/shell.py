@@ -206,7 +206,7 @@ class GitCache:
         lock that keeps `sweep` off it until `give_back`. Taken before the repository is
         looked at, so that it cannot go between the look and the checkout."""
         self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(f"{repository}.use", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = _open_use_file(repository)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
             os.utime(fd)  # when a job last used it (sweep's max_age_s)
@@ -265,7 +265,7 @@ class GitCache:
                 logger.warning("git cache %s: upkeep failed: %s", entry.name, exc)
 
     def _keep_up(self, repository: Path) -> None:
-        fd = os.open(f"{repository}.use", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = _open_use_file(repository)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -313,6 +313,11 @@ class GitCache:
         old = sorted(listed.stdout.decode().split(), key=fetched_at, reverse=True)[_KEPT_COMMITS:]
         if old:
             run_git("-C", str(repository), "update-ref", "--stdin", input="".join(f"delete {ref}\n" for ref in old))
+
+
+def _open_use_file(repository: Path) -> int:
+    """The descriptor of `<repository>.use`, whose lock says who borrows the repository (GitCache)."""
+    return os.open(f"{repository}.use", os.O_RDWR | os.O_CREAT, 0o600)
 
 
 def _loose_refs(directory: Path) -> int:

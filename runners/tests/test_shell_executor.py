@@ -7,7 +7,15 @@ import time
 
 import pytest
 
-from runners.executors.shell import _KEPT_COMMITS, _KEPT_REFS, _TRASH, GitCache, ShellExecutor, _lock_workspace
+from runners.executors.shell import (
+    _KEPT_COMMITS,
+    _KEPT_REFS,
+    _TRASH,
+    GitCache,
+    ShellExecutor,
+    _lock_workspace,
+    _tree_bytes,
+)
 from runners.tests.recording import RecordingReporter, claimed_job
 
 
@@ -345,16 +353,12 @@ def test_a_checkout_that_fetches_ships_its_first_line_while_git_works(executor, 
     assert reporter.logs["s0"][0][1].startswith(f"Fetching {repo[1][:12]} (main)")
 
 
-def _bytes_under(path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def test_a_new_commit_brings_only_what_it_changed_into_the_host_cache(executor, make_git_repo, tmp_path):
     # More than 100 objects: git keeps a fetch of them as a pack, as it is.
     path, first = make_git_repo({f"data/{i}.txt": os.urandom(3000).hex() for i in range(150)})
     assert run(executor, (path, first), [("script", "true")]).status == "SUCCESS"
     cache = tmp_path / "builds" / "conveyor-git"
-    one_snapshot = _bytes_under(cache)
+    one_snapshot = _tree_bytes(cache)
     path, second = make_git_repo({"data/0.txt": "changed\n"}, path=path, message="second")
     executor.reporter = RecordingReporter()
 
@@ -362,7 +366,7 @@ def test_a_new_commit_brings_only_what_it_changed_into_the_host_cache(executor, 
 
     assert result.status == "SUCCESS", result.reason
     assert executor.reporter.log_of("s0").splitlines()[-2:] == ["changed", "6000"]
-    grown = _bytes_under(cache) - one_snapshot
+    grown = _tree_bytes(cache) - one_snapshot
     assert grown < one_snapshot / 10, f"the second commit added {grown} bytes to a cache of {one_snapshot}"
 
 
@@ -417,7 +421,7 @@ def test_an_oversized_cached_repository_keeps_only_the_commits_it_fetched_last(m
         path, sha = make_git_repo({"big.txt": os.urandom(20000).hex()}, path=path, message=f"commit {i}")
         shas.append(sha)
         repository = _cached(cache, path, sha)
-    before = _bytes_under(repository / "objects")
+    before = _tree_bytes(repository / "objects")
 
     cache.sweep()
 
@@ -427,7 +431,7 @@ def test_an_oversized_cached_repository_keeps_only_the_commits_it_fetched_last(m
     assert kept == set(shas[-_KEPT_COMMITS:])
     present = {sha for sha in shas if subprocess.run(["git", "cat-file", "-e", sha], cwd=repository).returncode == 0}
     assert present == kept, "the sweep kept commits it has no ref for, or lost ones it has"
-    assert _bytes_under(repository / "objects") < before
+    assert _tree_bytes(repository / "objects") < before
     assert len(list((repository / "objects" / "pack").glob("*.pack"))) == 1
 
 
